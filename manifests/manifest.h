@@ -1,0 +1,59 @@
+// The manifest: what an image contains, for which integrity level, signed.
+// Pure data + parsing/serialisation here; no syscalls (see tree_verify.h and
+// crypto.h for the parts that touch files and keys).
+//
+// Canonical form: Serialize() is the only writer. Parse() accepts a byte string
+// only if Serialize(Parse(bytes)) == bytes, so the signed bytes are exactly the
+// file and there is no second way to spell the same manifest (duplicate keys,
+// reordered files, other whitespace are all refused).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+
+namespace appliance::manifest {
+
+inline constexpr int kFormatVersion = 1;
+inline constexpr std::string_view kFormatName = "sealed-appliance-manifest";
+// Bounds on untrusted manifests, checked before anything is allocated for them.
+inline constexpr size_t kMaxManifestBytes = 4 * 1024 * 1024;
+inline constexpr size_t kMaxFiles = 10000;
+inline constexpr size_t kMaxPathBytes = 255;
+
+struct FileEntry {
+  std::string path;        // relative, '/'-separated, no "", ".", ".." components, no leading '/'
+  uint64_t size = 0;       // bytes
+  uint32_t mode = 0;       // permission bits only (e.g. 0755), serialised as an octal string "0755"
+  std::string sha256;      // 64 lowercase hex digits
+  std::string role;        // "init" | "runtime" | "library" | "model" | "config"
+};
+
+struct Manifest {
+  uint64_t manifest_version = 1;  // monotonic release counter (rollback protection)
+  std::string integrity_level;    // "L1".."L4"
+  std::string product;            // e.g. "sealed-appliance"
+  std::string release;            // e.g. "0.1.0"
+  int64_t created = 0;            // SOURCE_DATE_EPOCH of the build, seconds
+  std::string kernel_cmdline;     // the command line the image is booted with
+  std::vector<FileEntry> files;   // sorted by path, unique
+};
+
+// Canonical bytes (JSON, keys sorted, 2-space indent, trailing newline).
+// Sorts `files` by path first; does not validate (Validate does).
+std::string Serialize(const Manifest& m);
+
+// Checks every field: paths well-formed, unique and sorted, digests hex, level
+// known, roles known, sizes/modes in range. Error names the offending entry.
+Status Validate(const Manifest& m);
+
+// Parses untrusted bytes: size bound, JSON, schema, Validate(), canonical form.
+StatusOr<Manifest> Parse(std::span<const uint8_t> bytes);
+
+// True if `path` is a well-formed manifest path (see FileEntry::path).
+bool IsValidPath(std::string_view path);
+
+}  // namespace appliance::manifest
