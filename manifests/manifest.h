@@ -9,8 +9,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -54,6 +56,28 @@ Status Validate(const Manifest& m);
 StatusOr<Manifest> Parse(std::span<const uint8_t> bytes);
 
 // True if `path` is a well-formed manifest path (see FileEntry::path).
+// Additionally to the rules there, only printable ASCII without space and
+// backslash is allowed and at most kMaxPathBytes bytes: an image never needs
+// more, and it keeps error messages, console output and SHA256SUMS lines
+// unambiguous.
 bool IsValidPath(std::string_view path);
+// Why `path` is not a valid manifest path, or an empty string if it is.
+std::string PathProblem(std::string_view path);
+
+// `s` with everything but printable ASCII (and backslash) escaped as \xNN,
+// cut after `max_chars`: for putting untrusted names into error messages.
+std::string EscapeForMessage(std::string_view s, size_t max_chars = 80);
+
+bool IsKnownRole(std::string_view role);                 // init runtime library model config
+bool IsKnownIntegrityLevel(std::string_view level);      // L1 L2 L3 L4
+
+// The role an image path gets by default (docs/architecture.md): "init" ->
+// init, "usr/bin/..." -> runtime, "lib.../..." -> library, "models/..." ->
+// model, "etc/..." -> config; nullopt if no default applies.
+std::optional<std::string> DefaultRoleForPath(std::string_view path);
+
+// The listed files in `sha256sum` format ("<hex>  <path>\n" per file, sorted),
+// so `sha256sum -c --strict` run in the image root checks them with stock tools.
+std::string ToSha256Sums(const Manifest& m);
 
 }  // namespace appliance::manifest

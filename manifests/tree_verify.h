@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "base/fd.h"
 #include "base/status.h"
@@ -28,6 +29,25 @@ struct TreePolicy {
 // `root_fd` is an O_DIRECTORY fd of the tree's root. Does not cross into other
 // filesystems (a different st_dev is refused as unlisted). On success returns
 // the kept fds (positioned at offset 0), keyed by path.
+//
+// Stops at the first problem; the error names the path and the check, e.g.
+// "usr/bin/x: not listed in the manifest", "lib/a.so: symbolic link refused",
+// "models/m.gguf: hard link refused (2 links)", "etc/y: missing",
+// "models/model.gguf: sha256 mismatch (manifest <hex>, file <hex>)".
+// Entries are visited in sorted order, so the reported problem is deterministic.
+// Mount points must be plain empty directories of the root filesystem: call this
+// before mounting anything over them (a mounted /proc has another st_dev).
 StatusOr<std::map<std::string, UniqueFd>> VerifyTree(int root_fd, const Manifest& m, const TreePolicy& policy);
+
+// The other direction, for building images: hashes every regular file under
+// `root_fd` into a sorted file list (size, permission bits, SHA-256, role)
+// that VerifyTree accepts for the same tree and policy. Refuses exactly what
+// VerifyTree would refuse (symlinks, hard links, devices other than the
+// allowed ones, fifos, sockets, other filesystems, empty directories that are
+// not mount points); exempt files are skipped. The role of a path is
+// `roles.at(path)` if present, else DefaultRoleForPath(); a file with neither,
+// or a `roles` key that is not a file of the tree, is an error.
+StatusOr<std::vector<FileEntry>> ScanTree(int root_fd, const TreePolicy& policy,
+                                          const std::map<std::string, std::string>& roles = {});
 
 }  // namespace appliance::manifest

@@ -1,0 +1,33 @@
+// The syscalls PID 1 makes, each in one named place (minijail's util/system
+// split: everything here touches the machine; config.cpp and image_check.cpp
+// decide, these functions do).
+#pragma once
+
+#include <string_view>
+
+#include "base/fd.h"
+#include "base/status.h"
+
+namespace appliance::init {
+
+// One console line: "appliance-init: <message>\n", written with a single write(2).
+void Log(std::string_view message);
+
+// Makes sure fds 0, 1, 2 are open on /dev/console (the kernel opens them when
+// the image has dev/console; if it did not, fall back once /dev is mounted).
+void EnsureConsoleFds();
+
+// /proc, /sys, /dev (devtmpfs), /run and /tmp (size-capped tmpfs).
+Status MountEarlyFilesystems();
+
+// Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
+void RouteCtrlAltDelToInit();
+
+// Opens the job channel's tty in raw mode (no echo, no line discipline, 8-bit
+// clean), as a file descriptor that init hands to the runtime.
+StatusOr<UniqueFd> OpenChannel(const std::string& device);
+
+// Syncs and powers the machine off. Never returns: PID 1 exiting panics the kernel.
+[[noreturn]] void PowerOff(bool clean);
+
+}  // namespace appliance::init

@@ -1,0 +1,253 @@
+#include "manifests/crypto.h"
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+
+namespace appliance::manifest {
+namespace {
+
+// Every OpenSSL object lives in a unique_ptr with its own free function, so
+// every early return releases it.
+template <auto FreeFn>
+struct OpenSslDeleter {
+  template <typename T>
+  void operator()(T* p) const {
+    FreeFn(p);
+  }
+};
+using BioPtr = std::unique_ptr<BIO, OpenSslDeleter<&BIO_free>>;
+using PkeyPtr = std::unique_ptr<EVP_PKEY, OpenSslDeleter<&EVP_PKEY_free>>;
+using PkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, OpenSslDeleter<&EVP_PKEY_CTX_free>>;
+using MdCtxPtr = std::unique_ptr<EVP_MD_CTX, OpenSslDeleter<&EVP_MD_CTX_free>>;
+
+constexpr size_t kHashBufferBytes = 1 << 20;
+constexpr size_t kEd25519PublicKeyBytes = 32;
+// A PEM Ed25519 key is ~120 bytes; anything near this bound is not one.
+constexpr size_t kMaxPemBytes = 64 * 1024;
+
+// "<what>: <OpenSSL's queued errors>". Drains the thread's error queue so a
+// later failure does not report stale errors.
+Status OpenSslError(const std::string& what) {
+  std::string detail;
+  for (unsigned long e = ERR_get_error(); e != 0; e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!detail.empty()) detail += "; ";
+    detail += buf;
+  }
+  if (detail.empty()) detail = "unknown OpenSSL error";
+  return Status::Error(what + ": " + detail);
+}
+
+// PEM keys are never encrypted here; without this callback OpenSSL would
+// prompt for a passphrase on the controlling terminal (init has none).
+int NoPassphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*u*/) { return -1; }
+
+// EVP calls want a non-null pointer even for an empty message.
+const unsigned char* DataOrEmpty(std::span<const uint8_t> bytes) {
+  static const unsigned char kEmpty = 0;
+  return bytes.empty() ? &kEmpty : bytes.data();
+}
+
+StatusOr<BioPtr> ReadOnlyBio(std::string_view pem, const char* what) {
+  if (pem.size() > kMaxPemBytes) {
+    return Status::Error(std::string(what) + ": " + std::to_string(pem.size()) + " bytes, too large for a PEM key");
+  }
+  BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) return OpenSslError(std::string(what) + ": BIO_new_mem_buf");
+  return bio;
+}
+
+Status RequireEd25519(const EVP_PKEY* key, const char* what) {
+  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_ED25519) {
+    return Status::Error(std::string(what) + ": not an Ed25519 key (" + OBJ_nid2sn(EVP_PKEY_get_base_id(key)) + ")");
+  }
+  return Status::Ok();
+}
+
+StatusOr<PkeyPtr> ReadPrivateKey(std::string_view pem) {
+  ERR_clear_error();
+  ASSIGN_OR_RETURN(BioPtr bio, ReadOnlyBio(pem, "private key"));
+  PkeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr));
+  if (!key) return OpenSslError("private key: cannot read PEM (unencrypted PKCS#8 Ed25519 expected)");
+  RETURN_IF_ERROR(RequireEd25519(key.get(), "private key"));
+  return key;
+}
+
+StatusOr<PkeyPtr> ReadPublicKey(std::string_view pem) {
+  ERR_clear_error();
+  ASSIGN_OR_RETURN(BioPtr bio, ReadOnlyBio(pem, "public key"));
+  PkeyPtr key(PEM_read_bio_PUBKEY(bio.get(), nullptr, NoPassphrase, nullptr));
+  if (!key) return OpenSslError("public key: cannot read PEM (SubjectPublicKeyInfo Ed25519 expected)");
+  RETURN_IF_ERROR(RequireEd25519(key.get(), "public key"));
+  return key;
+}
+
+StatusOr<std::string> BioContents(BIO* bio, const char* what) {
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  if (n < 0 || (n > 0 && data == nullptr)) return OpenSslError(std::string(what) + ": BIO_get_mem_data");
+  return std::string(data, static_cast<size_t>(n));
+}
+
+StatusOr<std::string> PublicPem(EVP_PKEY* key) {
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio) return OpenSslError("public key: BIO_new");
+  if (PEM_write_bio_PUBKEY(bio.get(), key) != 1) return OpenSslError("public key: PEM_write_bio_PUBKEY");
+  return BioContents(bio.get(), "public key");
+}
+
+StatusOr<std::string> KeyId(EVP_PKEY* key) {
+  uint8_t raw[kEd25519PublicKeyBytes];
+  size_t len = sizeof raw;
+  if (EVP_PKEY_get_raw_public_key(key, raw, &len) != 1) return OpenSslError("public key: EVP_PKEY_get_raw_public_key");
+  if (len != sizeof raw) return Status::Error("public key: raw key has " + std::to_string(len) + " bytes, expected 32");
+  return ToHex(Sha256(std::span<const uint8_t>(raw, len)));
+}
+
+}  // namespace
+
+std::string ToHex(std::span<const uint8_t> bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    out += kDigits[b >> 4];
+    out += kDigits[b & 0xf];
+  }
+  return out;
+}
+
+Sha256Digest Sha256(std::span<const uint8_t> bytes) {
+  Sha256Digest digest{};
+  unsigned int len = 0;
+  if (EVP_Digest(DataOrEmpty(bytes), bytes.size(), digest.data(), &len, EVP_sha256(), nullptr) != 1 ||
+      len != digest.size()) {
+    // Only possible if the library itself is broken (no SHA-256 provider, no
+    // memory). There is no error channel here, and returning some digest
+    // anyway could let a check pass: stop instead.
+    std::fputs("appliance: fatal: OpenSSL SHA-256 failed\n", stderr);
+    std::abort();
+  }
+  return digest;
+}
+
+StatusOr<FdDigest> Sha256Fd(int fd, uint64_t max_bytes, const std::string& name) {
+  MdCtxPtr ctx(EVP_MD_CTX_new());
+  if (!ctx) return OpenSslError(name + ": EVP_MD_CTX_new");
+  if (EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return OpenSslError(name + ": EVP_DigestInit_ex");
+
+  // Heap buffer: PID 1 should not put 1 MiB on its stack.
+  auto buffer = std::make_unique_for_overwrite<uint8_t[]>(kHashBufferBytes);
+  FdDigest result{};
+  for (;;) {
+    const uint64_t room = max_bytes - result.bytes;
+    // Ask for at most one byte more than allowed: that byte proves the file is
+    // too big without reading the rest of an arbitrarily large file.
+    const size_t want = room >= kHashBufferBytes ? kHashBufferBytes : static_cast<size_t>(room) + 1;
+    const ssize_t n = ::read(fd, buffer.get(), want);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return PosixError("read " + name);
+    }
+    if (n == 0) break;
+    if (static_cast<uint64_t>(n) > room) {
+      return Status::Error(name + ": more than " + std::to_string(max_bytes) + " bytes");
+    }
+    if (EVP_DigestUpdate(ctx.get(), buffer.get(), static_cast<size_t>(n)) != 1) {
+      return OpenSslError(name + ": EVP_DigestUpdate");
+    }
+    result.bytes += static_cast<uint64_t>(n);
+  }
+  unsigned int len = 0;
+  if (EVP_DigestFinal_ex(ctx.get(), result.digest.data(), &len) != 1 || len != result.digest.size()) {
+    return OpenSslError(name + ": EVP_DigestFinal_ex");
+  }
+  return result;
+}
+
+StatusOr<std::string> KeyIdFromPublicPem(std::string_view public_pem) {
+  ASSIGN_OR_RETURN(PkeyPtr key, ReadPublicKey(public_pem));
+  return KeyId(key.get());
+}
+
+StatusOr<KeyPairPem> GenerateKeyPair() {
+  ERR_clear_error();
+  PkeyCtxPtr ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr));
+  if (!ctx) return OpenSslError("keygen: EVP_PKEY_CTX_new_id");
+  if (EVP_PKEY_keygen_init(ctx.get()) != 1) return OpenSslError("keygen: EVP_PKEY_keygen_init");
+  EVP_PKEY* raw = nullptr;
+  if (EVP_PKEY_keygen(ctx.get(), &raw) != 1) return OpenSslError("keygen: EVP_PKEY_keygen");
+  PkeyPtr key(raw);
+
+  BioPtr bio(BIO_new(BIO_s_mem()));
+  if (!bio) return OpenSslError("keygen: BIO_new");
+  // Unencrypted PKCS#8 ("BEGIN PRIVATE KEY"), what `openssl genpkey` writes;
+  // the key file's protection is its mode (0600) and where it is kept.
+  if (PEM_write_bio_PrivateKey(bio.get(), key.get(), nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+    return OpenSslError("keygen: PEM_write_bio_PrivateKey");
+  }
+  KeyPairPem pair;
+  ASSIGN_OR_RETURN(pair.private_pem, BioContents(bio.get(), "keygen"));
+  ASSIGN_OR_RETURN(pair.public_pem, PublicPem(key.get()));
+  return pair;
+}
+
+StatusOr<std::string> PublicPemFromPrivatePem(std::string_view private_pem) {
+  ASSIGN_OR_RETURN(PkeyPtr key, ReadPrivateKey(private_pem));
+  return PublicPem(key.get());
+}
+
+StatusOr<std::string> Sign(std::span<const uint8_t> message, std::string_view private_pem) {
+  ASSIGN_OR_RETURN(PkeyPtr key, ReadPrivateKey(private_pem));
+  MdCtxPtr ctx(EVP_MD_CTX_new());
+  if (!ctx) return OpenSslError("sign: EVP_MD_CTX_new");
+  // Ed25519 is "pure": no separate digest, so md must be NULL and the whole
+  // message goes through the one-shot EVP_DigestSign.
+  if (EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key.get()) != 1) {
+    return OpenSslError("sign: EVP_DigestSignInit");
+  }
+  std::string signature(kEd25519SignatureBytes, '\0');
+  size_t len = signature.size();
+  if (EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(signature.data()), &len, DataOrEmpty(message),
+                     message.size()) != 1) {
+    return OpenSslError("sign: EVP_DigestSign");
+  }
+  if (len != kEd25519SignatureBytes) {
+    return Status::Error("sign: signature has " + std::to_string(len) + " bytes, expected 64");
+  }
+  return signature;
+}
+
+Status Verify(std::span<const uint8_t> message, std::span<const uint8_t> signature, std::string_view public_pem) {
+  if (signature.size() != kEd25519SignatureBytes) {
+    return Status::Error("signature: " + std::to_string(signature.size()) + " bytes, expected 64");
+  }
+  ASSIGN_OR_RETURN(PkeyPtr key, ReadPublicKey(public_pem));
+  MdCtxPtr ctx(EVP_MD_CTX_new());
+  if (!ctx) return OpenSslError("verify: EVP_MD_CTX_new");
+  if (EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key.get()) != 1) {
+    return OpenSslError("verify: EVP_DigestVerifyInit");
+  }
+  const int rc = EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), DataOrEmpty(message), message.size());
+  if (rc == 1) return Status::Ok();
+  if (rc == 0) {
+    // A plain mismatch: the queue may hold OpenSSL's generic "bad signature";
+    // the message below says more.
+    ERR_clear_error();
+    ASSIGN_OR_RETURN(std::string id, KeyId(key.get()));
+    return Status::Error("signature does not verify with key " + id + " (wrong key, or the signed bytes were changed)");
+  }
+  return OpenSslError("verify: EVP_DigestVerify");
+}
+
+}  // namespace appliance::manifest

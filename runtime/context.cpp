@@ -1,0 +1,371 @@
+#include "runtime/context.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <new>
+
+#include "runtime/kernels/kernels.h"
+
+namespace appliance::runtime {
+namespace {
+
+// Rows of a weight matrix per batched-path task: one dequantized panel of
+// 64 rows stays in L2 while OpenBLAS streams the activations past it.
+constexpr int64_t kPanelRows = 64;
+// Rows per decode-path task.
+constexpr int64_t kDecodeRows = 32;
+// Query rows per batched attention task.
+constexpr int64_t kQueryBlock = 64;
+// Below this many multiply-adds a job runs on the calling thread: waking the
+// workers costs more than the work (stories260K's matrices are all below it).
+constexpr int64_t kMinParallelWork = 1 << 15;
+
+bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+// Softmax over s[0, n) of s * scale, the way ggml's soft_max does it: scale,
+// subtract the max, exponentiate, sum in double, multiply by 1/sum.
+void SoftmaxRow(float* s, int64_t n, float scale) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < n; ++t) {
+    s[t] *= scale;
+    max = std::max(max, s[t]);
+  }
+  double sum = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const float e = std::exp(s[t] - max);
+    s[t] = e;
+    sum += e;
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t t = 0; t < n; ++t) s[t] *= inv;
+}
+
+}  // namespace
+
+Context::Context(const Model& model, int64_t n_ctx, int n_threads, int64_t max_batch)
+    : model_(model), cfg_(model.config()), n_ctx_(n_ctx), max_batch_(max_batch), pool_(n_threads) {}
+
+Context::~Context() = default;
+
+StatusOr<std::unique_ptr<Context>> Context::Create(const Model& model, const ContextOptions& options) {
+  const LlamaConfig& c = model.config();
+  int64_t n_ctx = options.n_ctx;
+  if (n_ctx == 0) n_ctx = std::min(c.n_ctx_train, kDefaultMaxCtx);
+  if (n_ctx < 1 || n_ctx > c.n_ctx_train) {
+    return Status::Error("context size " + std::to_string(n_ctx) + " is outside [1, " + std::to_string(c.n_ctx_train) +
+                         "] (the model's context_length)");
+  }
+  if (options.n_threads < 1 || options.n_threads > kMaxThreads) {
+    return Status::Error("thread count " + std::to_string(options.n_threads) + " is outside [1, " +
+                         std::to_string(kMaxThreads) + "]");
+  }
+  if (options.max_batch < 1 || options.max_batch > 8192) {
+    return Status::Error("batch size " + std::to_string(options.max_batch) + " is outside [1, 8192]");
+  }
+  // BLAS runs inside our own pool's tasks (one panel each), so OpenBLAS must
+  // not start threads of its own on top of them.
+  openblas_set_num_threads(1);
+  std::unique_ptr<Context> ctx(new Context(model, n_ctx, options.n_threads, std::min(options.max_batch, n_ctx)));
+  RETURN_IF_ERROR(ctx->Allocate());
+  return ctx;
+}
+
+Status Context::Allocate() {
+  const LlamaConfig& c = cfg_;
+  // Every size below is a product of values Model::Load bounded, checked
+  // again here because the KV cache multiplies three of them.
+  uint64_t kv = 0;
+  if (!CheckedMul(static_cast<uint64_t>(c.n_layer), static_cast<uint64_t>(n_ctx_), &kv) ||
+      !CheckedMul(kv, static_cast<uint64_t>(c.kv_dim()), &kv) || kv > (uint64_t{1} << 33)) {
+    return Status::Error("KV cache for " + std::to_string(n_ctx_) + " positions is too large");
+  }
+  const int64_t max_cols = std::max({c.n_embd, c.q_dim(), c.n_ff});
+  const size_t B = static_cast<size_t>(max_batch_);
+  try {
+    k_cache_.assign(kv, 0.0f);
+    v_cache_.assign(kv, 0.0f);
+    x_.assign(B * static_cast<size_t>(c.n_embd), 0.0f);
+    xn_.assign(B * static_cast<size_t>(c.n_embd), 0.0f);
+    q_.assign(B * static_cast<size_t>(c.q_dim()), 0.0f);
+    k_.assign(B * static_cast<size_t>(c.kv_dim()), 0.0f);
+    v_.assign(B * static_cast<size_t>(c.kv_dim()), 0.0f);
+    att_.assign(B * static_cast<size_t>(c.q_dim()), 0.0f);
+    gate_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
+    up_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
+    rope_cache_.assign(B * static_cast<size_t>(c.n_rot), 0.0f);
+    xq_.assign(static_cast<size_t>(max_cols) * sizeof(float), 0);  // no vec_dot_type is wider than f32
+    xr_.assign(B * static_cast<size_t>(max_cols), 0.0f);
+    panel_.resize(static_cast<size_t>(pool_.size()));
+    scores_.resize(static_cast<size_t>(pool_.size()));
+    for (auto& p : panel_) p.assign(static_cast<size_t>(kPanelRows * max_cols), 0.0f);
+    for (auto& s : scores_) s.assign(static_cast<size_t>(kQueryBlock * n_ctx_), 0.0f);
+    logits_.assign(static_cast<size_t>(c.n_vocab), 0.0f);
+  } catch (const std::bad_alloc&) {
+    return Status::Error("out of memory allocating the inference context (" + std::to_string(n_ctx_) + " positions)");
+  }
+  return Status::Ok();
+}
+
+Status Context::Eval(std::span<const int32_t> tokens, bool all_logits) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return Status::Error("eval: no tokens");
+  if (n > n_ctx_ - n_past_) {
+    return Status::Error("eval: " + std::to_string(n) + " tokens at position " + std::to_string(n_past_) +
+                         " exceed the context size " + std::to_string(n_ctx_));
+  }
+  for (int32_t t : tokens) {
+    if (t < 0 || t >= cfg_.n_vocab) {
+      return Status::Error("eval: token id " + std::to_string(t) + " is outside [0, " + std::to_string(cfg_.n_vocab) +
+                           ")");
+    }
+  }
+  const int64_t rows = all_logits ? n : 1;
+  try {
+    logits_.resize(static_cast<size_t>(rows * cfg_.n_vocab));  // no-op for decode: capacity is kept
+  } catch (const std::bad_alloc&) {
+    return Status::Error("out of memory for " + std::to_string(rows) + " rows of logits");
+  }
+  n_logit_rows_ = rows;
+  for (int64_t done = 0; done < n;) {
+    const int64_t chunk = std::min(max_batch_, n - done);
+    const bool last = done + chunk == n;
+    float* out = nullptr;
+    if (all_logits) {
+      out = logits_.data() + done * cfg_.n_vocab;
+    } else if (last) {
+      out = logits_.data();
+    }
+    Forward(tokens.data() + done, chunk, all_logits, out);
+    n_past_ += chunk;
+    done += chunk;
+  }
+  return Status::Ok();
+}
+
+std::span<const float> Context::Logits(int64_t i) const {
+  const int64_t row = n_logit_rows_ == 1 ? 0 : i;
+  return {logits_.data() + row * cfg_.n_vocab, static_cast<size_t>(cfg_.n_vocab)};
+}
+
+std::span<const float> Context::LastLogits() const { return Logits(n_logit_rows_ - 1); }
+
+void Context::RmsNorm(const float* x, const float* weight, int64_t n, float* out) const {
+  const int64_t d = cfg_.n_embd;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* xi = x + i * d;
+    float* oi = out + i * d;
+    double sum = 0;
+    for (int64_t j = 0; j < d; ++j) sum += static_cast<double>(xi[j] * xi[j]);
+    const float mean = static_cast<float>(sum / static_cast<double>(d));
+    const float scale = 1.0f / std::sqrt(mean + cfg_.rms_eps);
+    for (int64_t j = 0; j < d; ++j) oi[j] = (xi[j] * scale) * weight[j];
+  }
+}
+
+void Context::Rope(float* x, int64_t n, int64_t n_heads, int64_t /*pos0*/) const {
+  // llama's "normal" RoPE: rotate adjacent pairs (2j, 2j+1) of each head by
+  // pos * base^(-2j/n_rot); dimensions past n_rot are left alone.
+  const int64_t hd = cfg_.head_dim;
+  const int64_t half = cfg_.n_rot / 2;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* cs = rope_cache_.data() + i * cfg_.n_rot;
+    for (int64_t h = 0; h < n_heads; ++h) {
+      float* v = x + (i * n_heads + h) * hd;
+      for (int64_t j = 0; j < half; ++j) {
+        const float c = cs[2 * j];
+        const float s = cs[2 * j + 1];
+        const float x0 = v[2 * j];
+        const float x1 = v[2 * j + 1];
+        v[2 * j] = x0 * c - x1 * s;
+        v[2 * j + 1] = x0 * s + x1 * c;
+      }
+    }
+  }
+}
+
+void Context::MatMul(const Matrix& w, const float* x, int64_t n, float* y) {
+  const kernels::TypeKernels& k = *kernels::Find(w.type);
+  const int64_t rows = w.rows;
+  const int64_t cols = w.cols;
+  const bool parallel = rows * cols * n > kMinParallelWork;
+
+  if (n == 1) {
+    // Decode: convert the activation row once, then one dot product per
+    // weight row, rows split in fixed chunks across the pool.
+    const void* xv = x;
+    if (k.vec_dot_type != TensorType::kF32) {
+      kernels::Find(k.vec_dot_type)->from_float(x, xq_.data(), cols);
+      xv = xq_.data();
+    }
+    auto task = [&](int64_t t, int /*thread*/) {
+      const int64_t r1 = std::min(rows, (t + 1) * kDecodeRows);
+      for (int64_t r = t * kDecodeRows; r < r1; ++r) y[r] = k.vec_dot(cols, w.row(r), xv);
+    };
+    const int64_t tasks = (rows + kDecodeRows - 1) / kDecodeRows;
+    if (parallel) {
+      pool_.For(tasks, task);
+    } else {
+      for (int64_t t = 0; t < tasks; ++t) task(t, 0);
+    }
+    return;
+  }
+
+  // Batched: llama.cpp multiplies F16/BF16/Q8_0 weights with activations
+  // converted to that type, so round the activations through it first; the
+  // product itself is then plain F32 GEMM on a dequantized panel.
+  const float* xa = x;
+  if (k.vec_dot_type != TensorType::kF32) {
+    const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
+    for (int64_t i = 0; i < n; ++i) {
+      vk.from_float(x + i * cols, xq_.data(), cols);
+      vk.to_float(xq_.data(), xr_.data() + i * cols, cols);
+    }
+    xa = xr_.data();
+  }
+  auto task = [&](int64_t t, int thread) {
+    const int64_t r0 = t * kPanelRows;
+    const int64_t nr = std::min(kPanelRows, rows - r0);
+    const float* wp = nullptr;
+    if (w.type == TensorType::kF32) {
+      wp = reinterpret_cast<const float*>(w.row(r0));
+    } else {
+      float* panel = panel_[static_cast<size_t>(thread)].data();
+      for (int64_t r = 0; r < nr; ++r) k.to_float(w.row(r0 + r), panel + r * cols, cols);
+      wp = panel;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(nr),
+                static_cast<int>(cols), 1.0f, xa, static_cast<int>(cols), wp, static_cast<int>(cols), 0.0f, y + r0,
+                static_cast<int>(rows));
+  };
+  const int64_t tasks = (rows + kPanelRows - 1) / kPanelRows;
+  if (parallel) {
+    pool_.For(tasks, task);
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) task(t, 0);
+  }
+}
+
+void Context::Attention(int64_t layer, int64_t n, int64_t pos0) {
+  const int64_t hd = cfg_.head_dim;
+  const int64_t kv_dim = cfg_.kv_dim();
+  const int64_t q_dim = cfg_.q_dim();
+  const int64_t n_head = cfg_.n_head;
+  const int64_t group = cfg_.n_head / cfg_.n_head_kv;
+  const float* kc = k_cache_.data() + layer * n_ctx_ * kv_dim;
+  const float* vc = v_cache_.data() + layer * n_ctx_ * kv_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const kernels::VecKernels& vec = kernels::Vec();
+
+  if (n == 1) {
+    const int64_t len = pos0 + 1;
+    auto task = [&](int64_t h, int thread) {
+      const int64_t g = h / group;
+      const float* q = q_.data() + h * hd;
+      float* s = scores_[static_cast<size_t>(thread)].data();
+      for (int64_t t = 0; t < len; ++t) s[t] = vec.dot_f32(hd, q, kc + t * kv_dim + g * hd);
+      SoftmaxRow(s, len, scale);
+      float* out = att_.data() + h * hd;
+      std::fill(out, out + hd, 0.0f);
+      for (int64_t t = 0; t < len; ++t) vec.axpy_f32(hd, s[t], vc + t * kv_dim + g * hd, out);
+    };
+    if (len * hd * n_head > kMinParallelWork) {
+      pool_.For(n_head, task);
+    } else {
+      for (int64_t h = 0; h < n_head; ++h) task(h, 0);
+    }
+    return;
+  }
+
+  // Batched: per (head, block of queries) S = Q K^T over every cached
+  // position the block can see, causal softmax per row, then O = P V.
+  const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
+  auto task = [&](int64_t t, int thread) {
+    const int64_t h = t % n_head;
+    const int64_t i0 = (t / n_head) * kQueryBlock;
+    const int64_t m = std::min(kQueryBlock, n - i0);
+    const int64_t g = h / group;
+    const int64_t len = pos0 + i0 + m;  // keys visible to the block's last query
+    float* s = scores_[static_cast<size_t>(thread)].data();
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(len),
+                static_cast<int>(hd), 1.0f, q_.data() + i0 * q_dim + h * hd, static_cast<int>(q_dim), kc + g * hd,
+                static_cast<int>(kv_dim), 0.0f, s, static_cast<int>(len));
+    for (int64_t r = 0; r < m; ++r) {
+      float* row = s + r * len;
+      const int64_t visible = pos0 + i0 + r + 1;
+      SoftmaxRow(row, visible, scale);
+      std::fill(row + visible, row + len, 0.0f);
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(hd),
+                static_cast<int>(len), 1.0f, s, static_cast<int>(len), vc + g * hd, static_cast<int>(kv_dim), 0.0f,
+                att_.data() + i0 * q_dim + h * hd, static_cast<int>(q_dim));
+  };
+  const int64_t tasks = blocks * n_head;
+  if ((pos0 + n) * n * hd * n_head > kMinParallelWork) {
+    pool_.For(tasks, task);
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) task(t, 0);
+  }
+}
+
+void Context::Forward(const int32_t* tokens, int64_t n, bool all_logits, float* logits) {
+  const LlamaConfig& c = cfg_;
+  const LlamaWeights& W = model_.weights();
+  const int64_t d = c.n_embd;
+  const int64_t pos0 = n_past_;
+  const int64_t kv_dim = c.kv_dim();
+
+  const kernels::TypeKernels& embd = *kernels::Find(W.token_embd.type);
+  for (int64_t i = 0; i < n; ++i) embd.to_float(W.token_embd.row(tokens[i]), x_.data() + i * d, d);
+
+  // RoPE angles per position, as ggml's rope cache: theta starts at the
+  // position and is multiplied by base^(-2/n_rot) (in float) per pair.
+  const float theta_scale = std::pow(c.rope_freq_base, -2.0f / static_cast<float>(c.n_rot));
+  for (int64_t i = 0; i < n; ++i) {
+    float theta = static_cast<float>(pos0 + i);
+    float* cs = rope_cache_.data() + i * c.n_rot;
+    for (int64_t j = 0; j < c.n_rot / 2; ++j) {
+      cs[2 * j] = std::cos(theta);
+      cs[2 * j + 1] = std::sin(theta);
+      theta *= theta_scale;
+    }
+  }
+
+  for (int64_t l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& L = W.layers[static_cast<size_t>(l)];
+    RmsNorm(x_.data(), L.attn_norm, n, xn_.data());
+    MatMul(L.wq, xn_.data(), n, q_.data());
+    MatMul(L.wk, xn_.data(), n, k_.data());
+    MatMul(L.wv, xn_.data(), n, v_.data());
+    Rope(q_.data(), n, c.n_head, pos0);
+    Rope(k_.data(), n, c.n_head_kv, pos0);
+    float* kc = k_cache_.data() + (l * n_ctx_ + pos0) * kv_dim;
+    float* vc = v_cache_.data() + (l * n_ctx_ + pos0) * kv_dim;
+    std::memcpy(kc, k_.data(), static_cast<size_t>(n * kv_dim) * sizeof(float));
+    std::memcpy(vc, v_.data(), static_cast<size_t>(n * kv_dim) * sizeof(float));
+    Attention(l, n, pos0);
+    MatMul(L.wo, att_.data(), n, xn_.data());
+    for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
+
+    RmsNorm(x_.data(), L.ffn_norm, n, xn_.data());
+    MatMul(L.w_gate, xn_.data(), n, gate_.data());
+    MatMul(L.w_up, xn_.data(), n, up_.data());
+    for (int64_t i = 0; i < n * c.n_ff; ++i) {
+      const float g = gate_[static_cast<size_t>(i)];
+      gate_[static_cast<size_t>(i)] = g / (1.0f + std::exp(-g)) * up_[static_cast<size_t>(i)];  // SwiGLU
+    }
+    MatMul(L.w_down, gate_.data(), n, xn_.data());
+    for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
+  }
+
+  if (logits == nullptr) return;  // an inner chunk of a long prompt
+  const int64_t first = all_logits ? 0 : n - 1;
+  const int64_t rows = n - first;
+  RmsNorm(x_.data() + first * d, W.output_norm, rows, xn_.data());
+  MatMul(W.output, xn_.data(), rows, logits);
+}
+
+}  // namespace appliance::runtime

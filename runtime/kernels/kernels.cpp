@@ -1,0 +1,108 @@
+#include "runtime/kernels/kernels.h"
+
+#include <cpuid.h>
+
+#include <bit>
+#include <cstring>
+
+#include "runtime/kernels/internal.h"
+
+namespace appliance::runtime::kernels {
+namespace {
+
+bool CpuHasAvx2Fma16c() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid(1, &a, &b, &c, &d) == 0) return false;
+  const bool fma = (c & (1u << 12)) != 0;
+  const bool osxsave = (c & (1u << 27)) != 0;
+  const bool avx = (c & (1u << 28)) != 0;
+  const bool f16c = (c & (1u << 29)) != 0;
+  if (!fma || !osxsave || !avx || !f16c) return false;
+  // The OS must save XMM and YMM state across context switches (XCR0 bits 1, 2).
+  unsigned xcr0_lo = 0, xcr0_hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+  if ((xcr0_lo & 0x6u) != 0x6u) return false;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
+  return (b & (1u << 5)) != 0;  // AVX2
+}
+
+Isa Detect() { return CpuHasAvx2Fma16c() ? Isa::kAvx2 : Isa::kPortable; }
+
+}  // namespace
+
+Isa ActiveIsa() {
+  static const Isa isa = Detect();
+  return isa;
+}
+
+const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "portable"; }
+
+const TypeKernels* FindFor(TensorType type, Isa isa) {
+  if (isa == Isa::kAvx2) {
+    if (ActiveIsa() != Isa::kAvx2) return nullptr;
+    const TypeKernels* k = internal::Avx2Kernels(type);
+    return k != nullptr ? k : internal::PortableKernels(type);
+  }
+  return internal::PortableKernels(type);
+}
+
+const TypeKernels* Find(TensorType type) { return FindFor(type, ActiveIsa()); }
+
+const VecKernels* VecFor(Isa isa) {
+  if (isa == Isa::kAvx2) return ActiveIsa() == Isa::kAvx2 ? internal::Avx2Vec() : nullptr;
+  return internal::PortableVec();
+}
+
+const VecKernels& Vec() {
+  static const VecKernels* vec = VecFor(ActiveIsa());
+  return *vec;
+}
+
+size_t RowBytes(TensorType type, int64_t n) {
+  const TensorTypeInfo* info = FindTensorType(static_cast<uint32_t>(type));
+  return static_cast<size_t>(n) / info->block_elems * info->block_bytes;
+}
+
+float Fp16ToFp32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t mant = h & 0x3ffu;
+  if (exp == 0) {
+    // Zero or subnormal: mant * 2^-24 is exact in float.
+    const float v = static_cast<float>(mant) * 0x1.0p-24f;
+    return std::bit_cast<float>(std::bit_cast<uint32_t>(v) | sign);
+  }
+  if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
+  return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t Fp32ToFp16(float f) {
+  // Round-to-nearest-even through float arithmetic (the method of the FP16
+  // library that ggml's portable path uses): scaling up then down makes the
+  // FPU round at the half-precision mantissa boundary. Needs IEEE semantics
+  // (no -ffast-math), which the build guarantees.
+  const float scale_to_inf = 0x1.0p+112f;
+  const float scale_to_zero = 0x1.0p-110f;
+  float base = (__builtin_fabsf(f) * scale_to_inf) * scale_to_zero;
+  const uint32_t w = std::bit_cast<uint32_t>(f);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xff000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = std::bit_cast<float>((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = std::bit_cast<uint32_t>(base);
+  const uint32_t exp_bits = (bits >> 13) & 0x00007c00u;
+  const uint32_t mantissa_bits = bits & 0x00000fffu;
+  const uint32_t nonsign = exp_bits + mantissa_bits;
+  return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xff000000u ? 0x7e00u : nonsign));
+}
+
+float Bf16ToFp32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+
+uint16_t Fp32ToBf16(float f) {
+  const uint32_t u = std::bit_cast<uint32_t>(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 64u);  // quiet NaN
+  return static_cast<uint16_t>((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
+
+}  // namespace appliance::runtime::kernels

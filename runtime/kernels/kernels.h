@@ -1,0 +1,61 @@
+// The compute kernels behind one interface: per weight type, how to turn a
+// row into floats and how to take the dot product of a row with activations.
+//
+// As in ggml, each weight type names a `vec_dot_type`: activations are first
+// converted to it (F16 weights meet F16-rounded activations, Q8_0 weights
+// Q8_0-quantized ones) and the dot product runs on the pair. Matching ggml
+// here is what makes our logits match llama.cpp's, and it is the shape the
+// quantized SIMD kernels need (integer dot products on quantized blocks).
+//
+// Implementations: a portable C++ path and an x86 AVX2+FMA+F16C path chosen at
+// run time by CPUID. Adding a type or an ISA means filling one more table.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "runtime/tensor_type.h"
+
+namespace appliance::runtime::kernels {
+
+struct TypeKernels {
+  TensorType type;
+  TensorType vec_dot_type;
+  // Dequantizes n elements (n a multiple of the block size) to floats.
+  void (*to_float)(const void* src, float* dst, int64_t n);
+  // Converts n floats into this type; set for every type used as a vec_dot_type.
+  void (*from_float)(const float* src, void* dst, int64_t n);
+  // Returns sum_i w[i] * x[i] for w a row of `type` and x a row of `vec_dot_type`.
+  float (*vec_dot)(int64_t n, const void* w, const void* x);
+};
+
+// Float vector primitives used by the forward pass.
+struct VecKernels {
+  float (*dot_f32)(int64_t n, const float* a, const float* b);
+  void (*axpy_f32)(int64_t n, float a, const float* x, float* y);  // y += a * x
+};
+
+enum class Isa { kPortable, kAvx2 };
+
+// The ISA the dispatcher picked for this CPU (kAvx2 when AVX2, FMA and F16C
+// are present and the OS saves YMM state).
+Isa ActiveIsa();
+const char* IsaName(Isa isa);
+
+// Kernels of `type` for the active ISA (or an explicit one, for tests);
+// nullptr when the type has no kernels (yet) or the ISA is not available.
+const TypeKernels* Find(TensorType type);
+const TypeKernels* FindFor(TensorType type, Isa isa);
+const VecKernels& Vec();
+const VecKernels* VecFor(Isa isa);
+
+// Bytes of one row of n elements of `type` (n a multiple of the block size).
+size_t RowBytes(TensorType type, int64_t n);
+
+// IEEE half and bfloat16 conversions, round-to-nearest-even like ggml/F16C.
+float Fp16ToFp32(uint16_t h);
+uint16_t Fp32ToFp16(float f);
+float Bf16ToFp32(uint16_t h);
+uint16_t Fp32ToBf16(float f);
+
+}  // namespace appliance::runtime::kernels

@@ -1,0 +1,192 @@
+// x86 AVX2 + FMA + F16C kernels. Each function carries its own target
+// attribute instead of compiling the file with -mavx2: nothing else in this
+// translation unit (inline library code the linker might pick for the whole
+// program) is built for AVX2, so the binary still runs on older CPUs and the
+// dispatcher only hands these out after CPUID said yes.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "runtime/kernels/internal.h"
+
+#define APPLIANCE_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace appliance::runtime::kernels::internal {
+namespace {
+
+APPLIANCE_AVX2 inline float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+APPLIANCE_AVX2 inline __m256 LoadF16x8(const uint8_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+APPLIANCE_AVX2 inline __m256 LoadBf16x8(const uint8_t* p) {
+  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+}
+
+uint16_t LoadU16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+
+// Four 8-lane accumulators (32 elements per step) hide the FMA latency.
+template <typename Load>
+APPLIANCE_AVX2 inline __m256 Dot32(int64_t n32, Load load_a, Load load_b) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n32; i += 32) {
+    acc0 = _mm256_fmadd_ps(load_a(i), load_b(i), acc0);
+    acc1 = _mm256_fmadd_ps(load_a(i + 8), load_b(i + 8), acc1);
+    acc2 = _mm256_fmadd_ps(load_a(i + 16), load_b(i + 16), acc2);
+    acc3 = _mm256_fmadd_ps(load_a(i + 24), load_b(i + 24), acc3);
+  }
+  return _mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3));
+}
+
+APPLIANCE_AVX2 float F32Dot(int64_t n, const void* w, const void* x) {
+  const float* a = static_cast<const float*>(w);
+  const float* b = static_cast<const float*>(x);
+  const int64_t n32 = n & ~int64_t{31};
+  auto la = [a](int64_t i) APPLIANCE_AVX2 { return _mm256_loadu_ps(a + i); };
+  auto lb = [b](int64_t i) APPLIANCE_AVX2 { return _mm256_loadu_ps(b + i); };
+  __m256 acc = Dot32(n32, la, lb);
+  int64_t i = n32;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(la(i), lb(i), acc);
+  float sum = Hsum(acc);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+}
+
+APPLIANCE_AVX2 float F16Dot(int64_t n, const void* w, const void* x) {
+  const uint8_t* a = static_cast<const uint8_t*>(w);
+  const uint8_t* b = static_cast<const uint8_t*>(x);
+  const int64_t n32 = n & ~int64_t{31};
+  auto la = [a](int64_t i) APPLIANCE_AVX2 { return LoadF16x8(a + 2 * i); };
+  auto lb = [b](int64_t i) APPLIANCE_AVX2 { return LoadF16x8(b + 2 * i); };
+  __m256 acc = Dot32(n32, la, lb);
+  int64_t i = n32;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(la(i), lb(i), acc);
+  float sum = Hsum(acc);
+  for (; i < n; ++i) sum += Fp16ToFp32(LoadU16(a + 2 * i)) * Fp16ToFp32(LoadU16(b + 2 * i));
+  return sum;
+}
+
+APPLIANCE_AVX2 float Bf16Dot(int64_t n, const void* w, const void* x) {
+  const uint8_t* a = static_cast<const uint8_t*>(w);
+  const uint8_t* b = static_cast<const uint8_t*>(x);
+  const int64_t n32 = n & ~int64_t{31};
+  auto la = [a](int64_t i) APPLIANCE_AVX2 { return LoadBf16x8(a + 2 * i); };
+  auto lb = [b](int64_t i) APPLIANCE_AVX2 { return LoadBf16x8(b + 2 * i); };
+  __m256 acc = Dot32(n32, la, lb);
+  int64_t i = n32;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(la(i), lb(i), acc);
+  float sum = Hsum(acc);
+  for (; i < n; ++i) sum += Bf16ToFp32(LoadU16(a + 2 * i)) * Bf16ToFp32(LoadU16(b + 2 * i));
+  return sum;
+}
+
+APPLIANCE_AVX2 void F16ToFloat(const void* src, float* dst, int64_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, LoadF16x8(p + 2 * i));
+  for (; i < n; ++i) dst[i] = Fp16ToFp32(LoadU16(p + 2 * i));
+}
+
+APPLIANCE_AVX2 void F16FromFloat(const float* src, void* dst, int64_t n) {
+  uint8_t* p = static_cast<uint8_t*>(dst);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 2 * i), h);
+  }
+  for (; i < n; ++i) {
+    const uint16_t h = Fp32ToFp16(src[i]);
+    std::memcpy(p + 2 * i, &h, 2);
+  }
+}
+
+APPLIANCE_AVX2 void Bf16ToFloat(const void* src, float* dst, int64_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(src);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, LoadBf16x8(p + 2 * i));
+  for (; i < n; ++i) dst[i] = Bf16ToFp32(LoadU16(p + 2 * i));
+}
+
+APPLIANCE_AVX2 void Q8ToFloat(const void* src, float* dst, int64_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(src);
+  for (int64_t b = 0; b < n / kQ8Block; ++b, p += kQ8BlockBytes) {
+    const __m256 d = _mm256_set1_ps(Fp16ToFp32(LoadU16(p)));
+    for (int j = 0; j < 32; j += 8) {
+      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2 + j));
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
+      _mm256_storeu_ps(dst + b * kQ8Block + j, _mm256_mul_ps(d, q));
+    }
+  }
+}
+
+// Sum of 32 int8 products per block as 8 int32 lanes, via the maddubs trick:
+// |a| (unsigned) times b with a's sign moved onto b. Exact as long as b is
+// never -128, which holds because activations are quantized to [-127, 127].
+APPLIANCE_AVX2 float Q8Dot(int64_t n, const void* w, const void* x) {
+  const uint8_t* a = static_cast<const uint8_t*>(w);
+  const uint8_t* b = static_cast<const uint8_t*>(x);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t blk = 0; blk < n / kQ8Block; ++blk, a += kQ8BlockBytes, b += kQ8BlockBytes) {
+    const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 2));
+    const __m256i qb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+    const __m256i abs_a = _mm256_sign_epi8(qa, qa);
+    const __m256i signed_b = _mm256_sign_epi8(qb, qa);
+    const __m256i pairs = _mm256_maddubs_epi16(abs_a, signed_b);
+    const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
+    const __m256 d = _mm256_set1_ps(Fp16ToFp32(LoadU16(a)) * Fp16ToFp32(LoadU16(b)));
+    acc = _mm256_fmadd_ps(d, sums, acc);
+  }
+  return Hsum(acc);
+}
+
+APPLIANCE_AVX2 float VecDot(int64_t n, const float* a, const float* b) { return F32Dot(n, a, b); }
+
+APPLIANCE_AVX2 void VecAxpy(int64_t n, float s, const float* x, float* y) {
+  const __m256 vs = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vs, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] += s * x[i];
+}
+
+}  // namespace
+
+const TypeKernels* Avx2Kernels(TensorType type) {
+  // from_float of BF16 and Q8_0 stay portable: they run once per activation
+  // row, and sharing them keeps both ISAs' quantized activations identical.
+  static const TypeKernels kF32 = {TensorType::kF32, TensorType::kF32, PortableKernels(TensorType::kF32)->to_float,
+                                   PortableKernels(TensorType::kF32)->from_float, F32Dot};
+  static const TypeKernels kF16 = {TensorType::kF16, TensorType::kF16, F16ToFloat, F16FromFloat, F16Dot};
+  static const TypeKernels kBf16 = {TensorType::kBF16, TensorType::kBF16, Bf16ToFloat,
+                                    PortableKernels(TensorType::kBF16)->from_float, Bf16Dot};
+  static const TypeKernels kQ8 = {TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat,
+                                  PortableKernels(TensorType::kQ8_0)->from_float, Q8Dot};
+  switch (type) {
+    case TensorType::kF32: return &kF32;
+    case TensorType::kF16: return &kF16;
+    case TensorType::kBF16: return &kBf16;
+    case TensorType::kQ8_0: return &kQ8;
+    default: return nullptr;
+  }
+}
+
+const VecKernels* Avx2Vec() {
+  static const VecKernels kVec = {VecDot, VecAxpy};
+  return &kVec;
+}
+
+}  // namespace appliance::runtime::kernels::internal

@@ -1,0 +1,222 @@
+// Boot tests: build a real image around stories260K, boot it under QEMU (TCG),
+// talk to it over the serial job channel with `appliance-image run --jobs`.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+extern char** environ;
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+// Runs argv, capturing stdout and stderr; kills it after `timeout_s`.
+CommandResult Run(const std::vector<std::string>& args, int timeout_s) {
+  int out_pipe[2], err_pipe[2];
+  EXPECT_EQ(::pipe2(out_pipe, O_CLOEXEC), 0);
+  EXPECT_EQ(::pipe2(err_pipe, O_CLOEXEC), 0);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
+  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  std::vector<char*> argv;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t pid = -1;
+  int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  ::close(out_pipe[1]);
+  ::close(err_pipe[1]);
+  CommandResult result;
+  if (rc != 0) {
+    ::close(out_pipe[0]);
+    ::close(err_pipe[0]);
+    result.err = std::string("spawn failed: ") + std::strerror(rc);
+    return result;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
+  struct pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+  std::string* sinks[2] = {&result.out, &result.err};
+  int open_pipes = 2;
+  while (open_pipes > 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      result.err += "\n[test: timed out after " + std::to_string(timeout_s) + " s]";
+      break;
+    }
+    if (::poll(fds, 2, 1000) <= 0) continue;
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
+      char buf[4096];
+      ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+      if (n > 0) {
+        sinks[i]->append(buf, static_cast<size_t>(n));
+      } else {
+        ::close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_pipes;
+      }
+    }
+  }
+  for (auto& f : fds) {
+    if (f.fd >= 0) ::close(f.fd);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return result;
+}
+
+std::string ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<json> ParseLines(const std::string& text) {
+  std::vector<json> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    lines.push_back(json::parse(line, nullptr, /*allow_exceptions=*/false));
+  }
+  return lines;
+}
+
+const fs::path kWork = APPLIANCE_BOOT_TEST_WORK_DIR;
+const std::string kImageTool = APPLIANCE_IMAGE_TOOL;
+const std::string kStoriesModel = std::string(APPLIANCE_SHARED_DIR) + "/models/stories260K.gguf";
+const std::string kStoriesReference = std::string(APPLIANCE_SHARED_DIR) + "/reference/stories260K.shared1.json";
+
+class BootTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fs::remove_all(kWork);
+    fs::create_directories(kWork);
+    build_ = Run({kImageTool, "build", "--model", kStoriesModel, "--key", APPLIANCE_TEST_SIGNING_KEY, "--out",
+                  (kWork / "good").string()},
+                 300);
+  }
+
+  void SetUp() override {
+    ASSERT_EQ(build_.exit_code, 0) << "appliance-image build failed:\n" << build_.out << build_.err;
+  }
+
+  static fs::path WriteJobs(const std::string& name, const std::vector<std::string>& lines) {
+    fs::path path = kWork / name;
+    std::ofstream out(path);
+    for (const auto& l : lines) out << l << "\n";
+    return path;
+  }
+
+  static CommandResult build_;
+};
+CommandResult BootTest::build_;
+
+TEST_F(BootTest, AnswersJobsOverSerialAndPowersOffCleanly) {
+  const json reference = json::parse(ReadFile(kStoriesReference));
+  fs::path jobs = WriteJobs("jobs.jsonl", {
+      R"({"id":"j1","op":"generate","prompt":"Once upon a time","max_tokens":48,"temperature":0})",
+      R"({"id":"bad","op":"generate","prompt":17})",
+      R"({"id":"j2","op":"generate","prompt":"Once upon a time","max_tokens":8,"temperature":0.8,"top_p":0.9,"seed":7})",
+  });
+  fs::path console = kWork / "good-console.log";
+  CommandResult run = Run({kImageTool, "run", (kWork / "good").string(), "--jobs", jobs.string(), "--console-log",
+                           console.string(), "--timeout", "240"},
+                          300);
+  ASSERT_EQ(run.exit_code, 0) << "stdout:\n" << run.out << "\nstderr:\n" << run.err << "\nconsole:\n" << ReadFile(console);
+
+  std::vector<json> replies = ParseLines(run.out);
+  std::string streamed;
+  const json* done_j1 = nullptr;
+  bool error_for_bad = false, done_j2 = false;
+  for (const json& r : replies) {
+    ASSERT_TRUE(r.is_object()) << "non-JSON reply line in:\n" << run.out;
+    const std::string event = r.value("event", "");
+    const json id = r.value("id", json());
+    if (id == "j1" && event == "token") streamed += r.at("text").get<std::string>();
+    if (id == "j1" && event == "done") done_j1 = &r;
+    if (id == "bad" && event == "error") error_for_bad = true;
+    if (id == "j2" && event == "done") done_j2 = true;
+  }
+  ASSERT_NE(done_j1, nullptr) << run.out;
+  EXPECT_EQ(done_j1->at("tokens"), reference.at("greedy")) << "greedy ids differ from llama.cpp's";
+  EXPECT_EQ(done_j1->at("text").get<std::string>(), streamed);
+  EXPECT_TRUE(error_for_bad) << "a malformed job must get an error event";
+  EXPECT_TRUE(done_j2) << "the server must keep serving after an error";
+
+  const std::string log = ReadFile(console);
+  EXPECT_NE(log.find("appliance-init: manifest verified"), std::string::npos) << log;
+  EXPECT_NE(log.find("appliance-init: power-off: clean"), std::string::npos) << log;
+  // For the record: the runner reports the time from QEMU start to the ready line.
+  std::cout << "[boot] " << run.err.substr(0, 2000) << std::endl;
+}
+
+// Flips one byte inside the model's data in the built cpio archive.
+void FlipByteOfEntry(const fs::path& cpio_path, const std::string& entry_name, size_t offset_in_file) {
+  std::string archive = ReadFile(cpio_path);
+  size_t pos = 0;
+  auto hex = [&](size_t at) { return std::stoul(archive.substr(at, 8), nullptr, 16); };
+  while (pos + 110 <= archive.size()) {
+    ASSERT_EQ(archive.compare(pos, 6, "070701"), 0) << "not a newc header at " << pos;
+    const size_t file_size = hex(pos + 54), name_size = hex(pos + 94);
+    const std::string name = archive.substr(pos + 110, name_size - 1);
+    const size_t data = (pos + 110 + name_size + 3) & ~size_t{3};
+    if (name == entry_name) {
+      ASSERT_LT(offset_in_file, file_size);
+      archive[data + offset_in_file] = static_cast<char>(archive[data + offset_in_file] ^ 0x01);
+      std::ofstream(cpio_path, std::ios::binary | std::ios::trunc) << archive;
+      return;
+    }
+    if (name == "TRAILER!!!") break;
+    pos = (data + file_size + 3) & ~size_t{3};
+  }
+  FAIL() << entry_name << " not found in " << cpio_path;
+}
+
+TEST_F(BootTest, RefusesImageWithOneModelByteFlipped) {
+  const fs::path tampered = kWork / "tampered";
+  fs::remove_all(tampered);
+  fs::copy(kWork / "good", tampered, fs::copy_options::recursive);
+  FlipByteOfEntry(tampered / "initramfs.cpio", "models/model.gguf", 600000);
+  fs::path jobs = WriteJobs("tamper-jobs.jsonl",
+                            {R"({"id":"j1","op":"generate","prompt":"Once upon a time","max_tokens":8,"temperature":0})"});
+  fs::path console = kWork / "tampered-console.log";
+  CommandResult run = Run({kImageTool, "run", tampered.string(), "--jobs", jobs.string(), "--console-log",
+                           console.string(), "--timeout", "120"},
+                          180);
+  EXPECT_NE(run.exit_code, 0);
+  EXPECT_EQ(run.out.find("\"done\""), std::string::npos) << "no job may be answered:\n" << run.out;
+  const std::string log = ReadFile(console);
+  EXPECT_NE(log.find("appliance-init: FATAL: image verification: models/model.gguf: sha256 mismatch"),
+            std::string::npos)
+      << log;
+  EXPECT_NE(log.find("appliance-init: power-off: failure"), std::string::npos) << log;
+  EXPECT_EQ(log.find("runtime started"), std::string::npos) << log;
+  EXPECT_NE(run.err.find("models/model.gguf"), std::string::npos) << "the runner must name the reason:\n" << run.err;
+}
+
+}  // namespace
