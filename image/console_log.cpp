@@ -34,6 +34,9 @@ void ConsoleScanner::EndLine(std::vector<std::string>& out) {
     power_off_ = v;
   }
   if (size_t p = line.rfind(kFatalMarker); p != std::string::npos) fatal_ = line.substr(p + kFatalMarker.size());
+  if (size_t p = line.find(kKernelPanicMarker); p != std::string::npos && !panic_) {
+    panic_ = line.substr(p + kKernelPanicMarker.size());
+  }
   if (!line.empty()) tail_.push_back(line);
   while (tail_.size() > tail_limit_) tail_.pop_front();
   out.push_back(std::move(line));

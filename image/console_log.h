@@ -16,6 +16,7 @@ namespace appliance::image {
 inline constexpr std::string_view kInitPrefix = "appliance-init: ";
 inline constexpr std::string_view kFatalMarker = "appliance-init: FATAL: ";
 inline constexpr std::string_view kPowerOffMarker = "appliance-init: power-off: ";
+inline constexpr std::string_view kKernelPanicMarker = "Kernel panic - not syncing: ";
 
 class ConsoleScanner {
  public:
@@ -30,6 +31,8 @@ class ConsoleScanner {
   const std::optional<std::string>& power_off() const { return power_off_; }
   // The reason of the last "appliance-init: FATAL: " line.
   const std::optional<std::string>& fatal() const { return fatal_; }
+  // The reason of the first kernel panic ("Attempted to kill init! ...").
+  const std::optional<std::string>& kernel_panic() const { return panic_; }
   bool saw_init() const { return saw_init_; }
   // The last lines seen (at most tail_lines), oldest first.
   const std::deque<std::string>& tail() const { return tail_; }
@@ -46,6 +49,7 @@ class ConsoleScanner {
   std::deque<std::string> tail_;
   std::optional<std::string> power_off_;
   std::optional<std::string> fatal_;
+  std::optional<std::string> panic_;
   bool saw_init_ = false;
 };
 

@@ -248,6 +248,7 @@ class Session {
   State state_ = State::kConnecting;
   bool got_shutdown_ = false;
   bool channel_closed_ = false;
+  std::string channel_lost_while_;  // set when the channel closed before the shutdown handshake
 
   Clock::time_point start_;
   Clock::time_point deadline_ = Clock::time_point::max();
@@ -507,6 +508,10 @@ Status Session::Loop() {
       DrainConsole(/*until_eof=*/true);
       DrainChannel();
       if (batch_ && state_ != State::kWaitExit) Problem(std::string("the VM stopped while ") + StateName());
+      if (batch_ && !channel_lost_while_.empty()) {
+        Problem("the VM stopped while " + channel_lost_while_);
+        channel_lost_while_.clear();
+      }
       return Status::Ok();
     }
     if (std::optional<int> sig = signals_.Take()) {
@@ -526,7 +531,8 @@ Status Session::Loop() {
                            " s (QEMU killed)");
     }
     if (channel_closed_ && state_ != State::kWaitExit && exit_deadline_ == Clock::time_point::max()) {
-      Problem(std::string("the channel closed while ") + StateName());
+      // Usually QEMU is exiting; Finish() reports which of the two it was.
+      channel_lost_while_ = StateName();
       state_ = State::kWaitExit;
       exit_deadline_ = now + kChannelLossGrace;
     }
@@ -617,6 +623,7 @@ Status Session::Run() {
     DrainConsole(/*until_eof=*/true);
     Problem(loop.message());
   }
+  if (!channel_lost_while_.empty()) Problem("the channel closed while " + channel_lost_while_);
   return Finish();
 }
 
@@ -638,7 +645,7 @@ Status Session::Finish() {
   std::string summary;
   if (batch_) {
     summary = "jobs: " + std::to_string(jobs_done_) + " done, " + std::to_string(jobs_failed_) + " failed, " +
-              std::to_string(jobs_.jobs.size()) + " sent; ";
+              std::to_string(next_job_) + " of " + std::to_string(jobs_.jobs.size()) + " sent; ";
   }
   summary += "power-off: " + power.value_or("(none)") + "; " + Fixed2(total) + " s\n";
   WriteStderr(summary);
@@ -651,6 +658,8 @@ Status Session::Finish() {
   }
   if (scanner_.fatal()) {
     msg += "\nconsole: appliance-init: FATAL: " + *scanner_.fatal();
+  } else if (scanner_.kernel_panic()) {
+    msg += "\nconsole: Kernel panic - not syncing: " + *scanner_.kernel_panic();
   } else if (!scanner_.tail().empty()) {
     msg += "\nlast console lines (" + console_log_path_ + "):\n" + scanner_.TailText();
     if (!msg.empty() && msg.back() == '\n') msg.pop_back();

@@ -95,6 +95,9 @@ StatusOr<VerifiedImage> VerifyImage(int root_fd, const BootPolicy& policy) {
   // Keep the fds of everything init itself reads or hands on, so what runs is
   // exactly what was hashed.
   manifest::TreePolicy tree_policy;
+  // The kernel unpacks its built-in default initramfs (dev, dev/console, an
+  // empty root/) before ours; that empty directory is the kernel's, not the image's.
+  tree_policy.mount_points.insert("root");
   for (const auto& file : image.manifest.files) {
     if (file.role == "config" || file.role == "runtime" || file.role == "model") tree_policy.keep_open.insert(file.path);
   }

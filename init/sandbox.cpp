@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <seccomp.h>
 #include <sys/capability.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -105,8 +106,21 @@ Status InstallSeccompFilter() {
 }
 
 void ExecInSandbox(const SandboxSpec& spec) {
-  // A fresh network namespace holds only a down loopback device.
-  if (::unshare(CLONE_NEWNET) != 0) Fail(Errno("unshare(CLONE_NEWNET)"));
+  // A fresh network namespace holds only a down loopback device; a private
+  // mount namespace lets the runtime's view of the root be read-only while
+  // init's stays as it is.
+  if (::unshare(CLONE_NEWNET | CLONE_NEWNS) != 0) Fail(Errno("unshare(CLONE_NEWNET | CLONE_NEWNS)"));
+  if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) Fail(Errno("make mounts private"));
+  struct ReadOnlyMount {
+    const char* path;
+    unsigned long flags;  // a bind remount replaces the per-mount flags, so restate them
+  };
+  for (const ReadOnlyMount& m : {ReadOnlyMount{"/", MS_NOSUID | MS_NODEV},
+                                 ReadOnlyMount{"/run", MS_NOSUID | MS_NODEV | MS_NOEXEC}}) {
+    if (::mount(nullptr, m.path, nullptr, MS_REMOUNT | MS_BIND | MS_RDONLY | m.flags, nullptr) != 0) {
+      Fail(Errno((std::string("remount read-only ") + m.path).c_str()));
+    }
+  }
 
   // Move the handed-over fds above the targets first so dup2 cannot clobber one with another.
   int channel = ::fcntl(spec.channel_fd, F_DUPFD_CLOEXEC, 10);

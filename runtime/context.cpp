@@ -166,7 +166,7 @@ void Context::RmsNorm(const float* x, const float* weight, int64_t n, float* out
   }
 }
 
-void Context::Rope(float* x, int64_t n, int64_t n_heads, int64_t /*pos0*/) const {
+void Context::Rope(float* x, int64_t n, int64_t n_heads) const {
   // llama's "normal" RoPE: rotate adjacent pairs (2j, 2j+1) of each head by
   // pos * base^(-2j/n_rot); dimensions past n_rot are left alone.
   const int64_t hd = cfg_.head_dim;
@@ -340,8 +340,8 @@ void Context::Forward(const int32_t* tokens, int64_t n, bool all_logits, float* 
     MatMul(L.wq, xn_.data(), n, q_.data());
     MatMul(L.wk, xn_.data(), n, k_.data());
     MatMul(L.wv, xn_.data(), n, v_.data());
-    Rope(q_.data(), n, c.n_head, pos0);
-    Rope(k_.data(), n, c.n_head_kv, pos0);
+    Rope(q_.data(), n, c.n_head);
+    Rope(k_.data(), n, c.n_head_kv);
     float* kc = k_cache_.data() + (l * n_ctx_ + pos0) * kv_dim;
     float* vc = v_cache_.data() + (l * n_ctx_ + pos0) * kv_dim;
     std::memcpy(kc, k_.data(), static_cast<size_t>(n * kv_dim) * sizeof(float));

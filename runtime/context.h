@@ -67,7 +67,7 @@ class Context {
   void MatMul(const Matrix& w, const float* x, int64_t n, float* y);
   void Attention(int64_t layer, int64_t n, int64_t pos0);
   void RmsNorm(const float* x, const float* weight, int64_t n, float* out) const;
-  void Rope(float* x, int64_t n, int64_t n_heads, int64_t pos0) const;
+  void Rope(float* x, int64_t n, int64_t n_heads) const;  // uses rope_cache_ rows 0..n-1
 
   const Model& model_;
   const LlamaConfig& cfg_;

@@ -14,12 +14,12 @@
 namespace appliance::manifest {
 namespace {
 
-using testing::AsBytes;
-using testing::ReadFile;
-using testing::Run;
-using testing::RunResult;
-using testing::TempDir;
-using testing::WriteFile;
+using test_support::AsBytes;
+using test_support::ReadFile;
+using test_support::RunProcess;
+using test_support::RunResult;
+using test_support::TempDir;
+using test_support::WriteFile;
 
 const std::string kCli = APPLIANCE_MANIFEST_CLI;
 
@@ -32,9 +32,9 @@ class CliTest : public ::testing::Test {
   void SetUp() override {
     root_ = dir_ / "root";
     WriteFile(root_ + "/init", "init binary", 0755);
-    WriteFile(root_ + "/usr/bin/appliance-runtime", testing::RandomBytes(4096, 7), 0755);
-    WriteFile(root_ + "/lib/x86_64-linux-gnu/libc.so.6", testing::RandomBytes(1000, 8), 0644);
-    WriteFile(root_ + "/models/model.gguf", testing::RandomBytes(1500000, 9), 0444);
+    WriteFile(root_ + "/usr/bin/appliance-runtime", test_support::RandomBytes(4096, 7), 0755);
+    WriteFile(root_ + "/lib/x86_64-linux-gnu/libc.so.6", test_support::RandomBytes(1000, 8), 0644);
+    WriteFile(root_ + "/models/model.gguf", test_support::RandomBytes(1500000, 9), 0444);
     WriteFile(root_ + "/etc/appliance/runtime.json", "{}\n", 0644);
     WriteFile(root_ + "/opt/extra", "needs an explicit role", 0644);
     for (const char* d : {"dev", "proc", "sys", "run", "tmp"}) std::filesystem::create_directories(root_ + "/" + d);
@@ -43,7 +43,7 @@ class CliTest : public ::testing::Test {
   RunResult Cli(std::vector<std::string> args, const std::vector<std::string>& env = {},
                 const std::vector<std::string>& unset_env = {}) {
     args.insert(args.begin(), kCli);
-    return Run(args, env, unset_env, dir_.path());
+    return RunProcess(args, env, unset_env, dir_.path());
   }
 
   RunResult Create(const std::vector<std::string>& env = {"SOURCE_DATE_EPOCH=1700000000"}) {
@@ -191,7 +191,7 @@ TEST_F(CliTest, SignVerifyShowEndToEnd) {
 TEST_F(CliTest, SignatureFromCliVerifiesWithStockOpenssl) {
   if (std::string(APPLIANCE_OPENSSL_BIN).empty()) GTEST_SKIP() << "openssl binary not found";
   ASSERT_NO_FATAL_FAILURE(MakeSignedManifest());
-  RunResult r = Run({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", "k.pub", "-in",
+  RunResult r = RunProcess({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", "k.pub", "-in",
                      "manifest.json", "-sigfile", "manifest.sig"},
                     {}, {}, dir_.path());
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -277,10 +277,10 @@ TEST_F(CliTest, Sha256SumsCheckWithStockTools) {
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 6);
   WriteFile(dir_ / "SHA256SUMS", r.out);
   if (std::string(APPLIANCE_SHA256SUM_BIN).empty()) GTEST_SKIP() << "sha256sum not found";
-  RunResult check = Run({APPLIANCE_SHA256SUM_BIN, "-c", "--strict", "../SHA256SUMS"}, {}, {}, root_);
+  RunResult check = RunProcess({APPLIANCE_SHA256SUM_BIN, "-c", "--strict", "../SHA256SUMS"}, {}, {}, root_);
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
   WriteFile(root_ + "/etc/appliance/runtime.json", "{\"x\":1}\n", 0644);
-  check = Run({APPLIANCE_SHA256SUM_BIN, "-c", "--strict", "../SHA256SUMS"}, {}, {}, root_);
+  check = RunProcess({APPLIANCE_SHA256SUM_BIN, "-c", "--strict", "../SHA256SUMS"}, {}, {}, root_);
   EXPECT_NE(check.exit_code, 0) << check.out;
 
   // With a wrong key the sums are not printed at all.

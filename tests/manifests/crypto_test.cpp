@@ -17,11 +17,11 @@
 namespace appliance::manifest {
 namespace {
 
-using testing::AsBytes;
-using testing::ReadFile;
-using testing::Run;
-using testing::TempDir;
-using testing::WriteFile;
+using test_support::AsBytes;
+using test_support::ReadFile;
+using test_support::RunProcess;
+using test_support::TempDir;
+using test_support::WriteFile;
 
 std::string FromHex(std::string_view hex) {
   std::string out;
@@ -71,7 +71,7 @@ TEST(Sha256, ToHex) {
 TEST(Sha256Fd, MatchesInMemoryHashAcrossBufferBoundaries) {
   TempDir dir;
   // Larger than the 1 MiB read buffer and not a multiple of it.
-  const std::string content = testing::RandomBytes((3u << 20) + 7, 1);
+  const std::string content = test_support::RandomBytes((3u << 20) + 7, 1);
   WriteFile(dir / "f", content);
   UniqueFd fd(::open((dir / "f").c_str(), O_RDONLY | O_CLOEXEC));
   ASSERT_TRUE(fd.valid());
@@ -83,7 +83,7 @@ TEST(Sha256Fd, MatchesInMemoryHashAcrossBufferBoundaries) {
 
 TEST(Sha256Fd, EnforcesMaxBytes) {
   TempDir dir;
-  const std::string content = testing::RandomBytes((1u << 20) + 100, 2);
+  const std::string content = test_support::RandomBytes((1u << 20) + 100, 2);
   WriteFile(dir / "f", content);
   UniqueFd fd(::open((dir / "f").c_str(), O_RDONLY | O_CLOEXEC));
   ASSERT_TRUE(fd.valid());
@@ -309,7 +309,7 @@ TEST_F(Ed25519Test, StockOpensslVerifiesOurSignature) {
   WriteFile(dir / "manifest.json", message_);
   WriteFile(dir / "manifest.sig", *sig);
   // The auditor's command from docs/compliance.md, verbatim.
-  testing::RunResult r = Run({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", "k.pub", "-in",
+  test_support::RunResult r = RunProcess({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", "k.pub", "-in",
                               "manifest.json", "-sigfile", "manifest.sig"},
                              {}, {}, dir.path());
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
@@ -317,7 +317,7 @@ TEST_F(Ed25519Test, StockOpensslVerifiesOurSignature) {
 
   // And it refuses a tampered manifest: the check above can fail.
   WriteFile(dir / "manifest.json", message_ + " ");
-  r = Run({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", "k.pub", "-in", "manifest.json",
+  r = RunProcess({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-verify", "-rawin", "-pubin", "-inkey", "k.pub", "-in", "manifest.json",
            "-sigfile", "manifest.sig"},
           {}, {}, dir.path());
   EXPECT_NE(r.exit_code, 0) << r.out << r.err;
@@ -328,9 +328,9 @@ TEST(Ed25519Interop, WeVerifyStockOpensslKeysAndSignatures) {
   TempDir dir;
   const std::string message = "signed by openssl\n";
   WriteFile(dir / "msg", message);
-  ASSERT_EQ(Run({APPLIANCE_OPENSSL_BIN, "genpkey", "-algorithm", "ed25519", "-out", dir / "k.key"}).exit_code, 0);
-  ASSERT_EQ(Run({APPLIANCE_OPENSSL_BIN, "pkey", "-in", dir / "k.key", "-pubout", "-out", dir / "k.pub"}).exit_code, 0);
-  ASSERT_EQ(Run({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-sign", "-rawin", "-inkey", dir / "k.key", "-in", dir / "msg",
+  ASSERT_EQ(RunProcess({APPLIANCE_OPENSSL_BIN, "genpkey", "-algorithm", "ed25519", "-out", dir / "k.key"}).exit_code, 0);
+  ASSERT_EQ(RunProcess({APPLIANCE_OPENSSL_BIN, "pkey", "-in", dir / "k.key", "-pubout", "-out", dir / "k.pub"}).exit_code, 0);
+  ASSERT_EQ(RunProcess({APPLIANCE_OPENSSL_BIN, "pkeyutl", "-sign", "-rawin", "-inkey", dir / "k.key", "-in", dir / "msg",
                  "-out", dir / "msg.sig"})
                 .exit_code,
             0);

@@ -11,7 +11,7 @@
 namespace appliance::manifest {
 namespace {
 
-using testing::AsBytes;
+using test_support::AsBytes;
 
 const std::string kDigestA(64, 'a');
 const std::string kDigestB = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

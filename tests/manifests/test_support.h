@@ -13,7 +13,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <random>
 #include <span>
 #include <sstream>
@@ -24,7 +23,7 @@
 
 extern char** environ;
 
-namespace appliance::manifest::testing {
+namespace appliance::manifest::test_support {
 
 class TempDir {
  public:
@@ -56,10 +55,25 @@ inline void WriteFile(const std::string& path, std::string_view content, mode_t 
   if (::chmod(path.c_str(), mode) != 0) throw std::runtime_error("cannot chmod " + path);
 }
 
+// POSIX reads rather than istreambuf_iterator: the latter trips GCC 12's
+// -Wnull-dereference false positive inside libstdc++.
 inline std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot read " + path);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open " + path);
+  std::string data;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      ::close(fd);
+      throw std::runtime_error("cannot read " + path);
+    }
+    if (n == 0) break;
+    data.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return data;
 }
 
 inline std::span<const uint8_t> AsBytes(std::string_view s) {
@@ -81,7 +95,7 @@ struct RunResult {
 
 // Runs argv[0] (a path) with `argv`, in `cwd` if not empty, with the current
 // environment minus `unset_env` plus `extra_env` ("NAME=value").
-inline RunResult Run(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env = {},
+inline RunResult RunProcess(const std::vector<std::string>& argv, const std::vector<std::string>& extra_env = {},
                      const std::vector<std::string>& unset_env = {}, const std::string& cwd = "") {
   TempDir capture;
   const std::string out_path = capture / "stdout";
@@ -134,4 +148,4 @@ inline RunResult Run(const std::vector<std::string>& argv, const std::vector<std
   return result;
 }
 
-}  // namespace appliance::manifest::testing
+}  // namespace appliance::manifest::test_support

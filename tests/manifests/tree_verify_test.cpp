@@ -21,9 +21,9 @@
 namespace appliance::manifest {
 namespace {
 
-using testing::AsBytes;
-using testing::TempDir;
-using testing::WriteFile;
+using test_support::AsBytes;
+using test_support::TempDir;
+using test_support::WriteFile;
 
 struct ImageFile {
   std::string path;
@@ -38,11 +38,11 @@ class TreeVerifyTest : public ::testing::Test {
     root_ = dir_ / "root";
     files_ = {
         {"init", "#!init\n", 0755, "init"},
-        {"usr/bin/appliance-runtime", testing::RandomBytes(5000, 3), 0755, "runtime"},
-        {"lib/x86_64-linux-gnu/libfoo.so.1", testing::RandomBytes(300, 4), 0644, "library"},
-        {"lib64/ld-linux-x86-64.so.2", testing::RandomBytes(200, 5), 0644, "library"},
+        {"usr/bin/appliance-runtime", test_support::RandomBytes(5000, 3), 0755, "runtime"},
+        {"lib/x86_64-linux-gnu/libfoo.so.1", test_support::RandomBytes(300, 4), 0644, "library"},
+        {"lib64/ld-linux-x86-64.so.2", test_support::RandomBytes(200, 5), 0644, "library"},
         // Bigger than the 1 MiB hashing buffer.
-        {"models/model.gguf", testing::RandomBytes((2u << 20) + 11, 6), 0444, "model"},
+        {"models/model.gguf", test_support::RandomBytes((2u << 20) + 11, 6), 0444, "model"},
         {"etc/appliance/runtime.json", "{\"argv\": []}\n", 0644, "config"},
         {"etc/empty.conf", "", 0600, "config"},
     };
@@ -378,8 +378,12 @@ TEST_F(TreeVerifyTest, ScanRoles) {
   StatusOr<std::vector<FileEntry>> r = Scan(root_, {{"opt/tool", "runtime"}, {"models/model.gguf", "config"}});
   ASSERT_TRUE(r.ok()) << r.status().message();
   for (const FileEntry& f : *r) {
-    if (f.path == "opt/tool") EXPECT_EQ(f.role, "runtime");
-    if (f.path == "models/model.gguf") EXPECT_EQ(f.role, "config");
+    if (f.path == "opt/tool") {
+      EXPECT_EQ(f.role, "runtime");
+    }
+    if (f.path == "models/model.gguf") {
+      EXPECT_EQ(f.role, "config");
+    }
   }
   ExpectScanFailure(root_, "role given for opt/nothing, which is not a regular file of the tree",
                     {{"opt/tool", "runtime"}, {"opt/nothing", "config"}});
