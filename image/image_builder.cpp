@@ -1,5 +1,6 @@
 #include "image/image_builder.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 #include <span>
 #include <utility>
 
+#include "base/fd.h"
 #include "base/mapped_file.h"
 #include "image/cpio_writer.h"
 #include "image/file_util.h"
@@ -81,6 +83,17 @@ Status CheckGguf(const ImageFile& f) {
   return Status::Ok();
 }
 
+// Cheap up-front check that `path` is a readable regular file, so a typo is
+// reported before any heavy work: "model /x.gguf: No such file or directory".
+Status CheckReadableFile(const std::string& path, std::string_view what) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return PosixError(std::string(what) + " " + path);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return PosixError(std::string(what) + " " + path);
+  if (!S_ISREG(st.st_mode)) return Status::Error(std::string(what) + " " + path + ": not a regular file");
+  return Status::Ok();
+}
+
 Status CheckOptions(const BuildOptions& o) {
   if (o.model.empty()) return Status::Error("no model given (--model)");
   if (o.key.empty()) return Status::Error("no signing key given (--key)");
@@ -114,20 +127,21 @@ StatusOr<int64_t> ParseSourceDateEpoch(const char* value) {
 
 StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
   RETURN_IF_ERROR(CheckOptions(o));
+  RETURN_IF_ERROR(CheckReadableFile(o.model, "model"));
 
-  // The signing key first: a bad key should fail before any heavy work.
+  // The signing key before any heavy work.
   StatusOr<std::string> key_pem = ReadFileBounded(o.key, kMaxKeyBytes);
   if (!key_pem.ok()) return key_pem.status().Context("signing key");
   StatusOr<std::string> public_pem = mf::PublicPemFromPrivatePem(*key_pem);
   if (!public_pem.ok()) return public_pem.status().Context("signing key " + o.key);
   ASSIGN_OR_RETURN(std::string key_id, mf::KeyIdFromPublicPem(*public_pem));
 
+  RETURN_IF_ERROR(CheckReadableFile(o.init, "init"));
+  RETURN_IF_ERROR(CheckReadableFile(o.runtime, "runtime"));
   const std::string kernel = o.kernel_dir + "/vmlinuz";
-  struct stat kst {};
-  if (::stat(kernel.c_str(), &kst) != 0) {
-    return Status::Error(PosixError("kernel " + kernel).message() + " (run scripts/fetch-kernel " + o.kernel_dir + ")");
+  if (Status s = CheckReadableFile(kernel, "kernel"); !s.ok()) {
+    return Status::Error(s.message() + " (scripts/fetch-kernel " + o.kernel_dir + " fetches it)");
   }
-  if (!S_ISREG(kst.st_mode)) return Status::Error("kernel " + kernel + ": not a regular file");
 
   std::vector<ImageFile> files;
 

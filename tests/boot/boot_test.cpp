@@ -219,4 +219,45 @@ TEST_F(BootTest, RefusesImageWithOneModelByteFlipped) {
   EXPECT_NE(run.err.find("models/model.gguf"), std::string::npos) << "the runner must name the reason:\n" << run.err;
 }
 
+// The probe stands in for the runtime under exactly the runtime's sandbox and
+// tries every way out (tests/probe/probe.cpp).
+TEST_F(BootTest, ProbeFindsEveryWayOutOfTheSandboxClosed) {
+  const fs::path image = kWork / "probe";
+  CommandResult build = Run({kImageTool, "build", "--model", kStoriesModel, "--key", APPLIANCE_TEST_SIGNING_KEY,
+                             "--runtime", APPLIANCE_PROBE, "--out", image.string()},
+                            300);
+  ASSERT_EQ(build.exit_code, 0) << build.out << build.err;
+  fs::path jobs = WriteJobs("probe-jobs.jsonl", {});
+  fs::path console = kWork / "probe-console.log";
+  CommandResult run = Run({kImageTool, "run", image.string(), "--jobs", jobs.string(), "--console-log",
+                           console.string(), "--timeout", "180"},
+                          240);
+  ASSERT_EQ(run.exit_code, 0) << run.out << run.err << ReadFile(console);
+
+  size_t attempts = 0;
+  const json* status = nullptr;
+  std::vector<json> replies = ParseLines(run.out);
+  for (const json& r : replies) {
+    if (r.value("event", "") == "probe") {
+      ++attempts;
+      EXPECT_TRUE(r.at("refused").get<bool>()) << r.dump();
+      std::cout << "[probe] " << r.at("attempt").get<std::string>() << ": " << r.at("result").get<std::string>()
+                << std::endl;
+    }
+    if (r.value("event", "") == "probe-status") status = &r;
+  }
+  EXPECT_GE(attempts, 30u);
+  ASSERT_NE(status, nullptr) << run.out;
+  std::cout << "[probe] " << status->dump() << std::endl;
+  const json& st = status->at("status");
+  EXPECT_EQ(st.at("Seccomp"), "2");
+  EXPECT_EQ(st.at("NoNewPrivs"), "1");
+  for (const char* caps : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}) {
+    EXPECT_EQ(st.at(caps), "0000000000000000") << caps;
+  }
+  EXPECT_EQ(st.at("Uid").get<std::string>().substr(0, 4), "1000");
+  EXPECT_EQ(status->at("interfaces"), json::array({"lo"}));
+  EXPECT_TRUE(status->at("all_refused").get<bool>());
+}
+
 }  // namespace
