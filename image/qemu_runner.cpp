@@ -463,8 +463,8 @@ void Session::OnReply(const std::string& line) {
     exit_deadline_ = Clock::now() + kPowerOffGrace;
     return;
   }
-  if (ev == "token") return;
-  Problem("reply with unknown event '" + ev + "'");
+  // "token" and any other event (diagnostic tools standing in for the runtime
+  // emit their own) are printed above and need nothing more.
 }
 
 void Session::DrainChannel() {
@@ -656,11 +656,13 @@ Status Session::Finish() {
     if (!msg.empty()) msg += "; ";
     msg += p;
   }
+  // The console explains VM-level failures; a job's error reply explains itself.
+  const bool vm_failed = !power || *power != "clean" || scanner_.fatal() || scanner_.kernel_panic();
   if (scanner_.fatal()) {
     msg += "\nconsole: appliance-init: FATAL: " + *scanner_.fatal();
   } else if (scanner_.kernel_panic()) {
     msg += "\nconsole: Kernel panic - not syncing: " + *scanner_.kernel_panic();
-  } else if (!scanner_.tail().empty()) {
+  } else if (vm_failed && !scanner_.tail().empty()) {
     msg += "\nlast console lines (" + console_log_path_ + "):\n" + scanner_.TailText();
     if (!msg.empty() && msg.back() == '\n') msg.pop_back();
   }

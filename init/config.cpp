@@ -28,7 +28,7 @@ StatusOr<RuntimeConfig> ParseRuntimeConfig(std::span<const uint8_t> bytes) {
   nlohmann::json doc = nlohmann::json::parse(bytes.begin(), bytes.end(), nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded() || !doc.is_object()) return Status::Error("runtime config: not a JSON object");
   for (const auto& [key, value] : doc.items()) {
-    if (key != "argv" && key != "channel" && key != "executable" && key != "model") {
+    if (key != "argv" && key != "channel" && key != "executable" && key != "model" && key != "modules") {
       return Status::Error("runtime config: unknown key '" + key + "'");
     }
   }
@@ -62,6 +62,18 @@ StatusOr<RuntimeConfig> ParseRuntimeConfig(std::span<const uint8_t> bytes) {
   for (const std::string* path : {&config.executable, &config.model}) {
     if (!manifest::IsValidPath(*path)) {
       return Status::Error("runtime config: '" + *path + "' is not a valid image path");
+    }
+  }
+  if (auto modules = doc.find("modules"); modules != doc.end()) {
+    if (!modules->is_array() || modules->size() > kMaxModules) {
+      return Status::Error("runtime config: 'modules' must be an array of at most " + std::to_string(kMaxModules) +
+                           " image paths");
+    }
+    for (const auto& module : *modules) {
+      if (!module.is_string() || !manifest::IsValidPath(module.get<std::string>())) {
+        return Status::Error("runtime config: 'modules' entries must be valid image paths");
+      }
+      config.modules.push_back(module.get<std::string>());
     }
   }
   return config;

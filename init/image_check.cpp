@@ -99,7 +99,9 @@ StatusOr<VerifiedImage> VerifyImage(int root_fd, const BootPolicy& policy) {
   // empty root/) before ours; that empty directory is the kernel's, not the image's.
   tree_policy.mount_points.insert("root");
   for (const auto& file : image.manifest.files) {
-    if (file.role == "config" || file.role == "runtime" || file.role == "model") tree_policy.keep_open.insert(file.path);
+    if (file.role == "config" || file.role == "runtime" || file.role == "model" || file.role == "module") {
+      tree_policy.keep_open.insert(file.path);
+    }
   }
   ASSIGN_OR_RETURN(auto fds, manifest::VerifyTree(root_fd, image.manifest, tree_policy));
 
@@ -123,6 +125,11 @@ StatusOr<VerifiedImage> VerifyImage(int root_fd, const BootPolicy& policy) {
   };
   RETURN_IF_ERROR(take(image.config.executable, "runtime", image.executable));
   RETURN_IF_ERROR(take(image.config.model, "model", image.model));
+  for (const std::string& path : image.config.modules) {
+    UniqueFd fd;
+    RETURN_IF_ERROR(take(path, "module", fd));
+    image.modules.emplace_back(path, std::move(fd));
+  }
   return image;
 }
 

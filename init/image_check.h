@@ -27,6 +27,7 @@ struct VerifiedImage {
   RuntimeConfig config;
   UniqueFd executable;  // the verified runtime binary, to execute by fd
   UniqueFd model;       // the verified model, handed to the runtime as is
+  std::vector<std::pair<std::string, UniqueFd>> modules;  // verified kernel modules, in load order
 };
 
 inline constexpr const char* kManifestPath = "etc/appliance/manifest.json";

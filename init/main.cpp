@@ -105,6 +105,8 @@ void StopRuntime(pid_t runtime, const sigset_t& signals) {
 
   if (Status s = MountEarlyFilesystems(); !s.ok()) Fatal(s);
   EnsureConsoleFds();
+  if (Status s = LoadModulesThenLock(image->modules); !s.ok()) Fatal(s);
+  image->modules.clear();
   auto channel = OpenChannel(image->config.channel);
   if (!channel.ok()) Fatal(channel.status());
 

@@ -4,6 +4,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -53,6 +54,17 @@ Status MountEarlyFilesystems() {
       return PosixError(std::string("mount ") + m.type + " on " + m.target);
     }
   }
+  return Status::Ok();
+}
+
+Status LoadModulesThenLock(const std::vector<std::pair<std::string, UniqueFd>>& modules) {
+  for (const auto& [path, fd] : modules) {
+    // The fd is the one whose bytes were hashed: the kernel reads exactly the verified module.
+    if (::syscall(SYS_finit_module, fd.get(), "", 0) != 0 && errno != EEXIST) return PosixError("load module " + path);
+    Log("loaded module " + path);
+  }
+  UniqueFd lock(::open("/proc/sys/kernel/modules_disabled", O_WRONLY | O_CLOEXEC));
+  if (!lock.valid() || ::write(lock.get(), "1", 1) != 1) return PosixError("set kernel.modules_disabled");
   return Status::Ok();
 }
 

@@ -3,7 +3,10 @@
 // decide, these functions do).
 #pragma once
 
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "base/fd.h"
 #include "base/status.h"
@@ -19,6 +22,10 @@ void EnsureConsoleFds();
 
 // /proc, /sys, /dev (devtmpfs), /run and /tmp (size-capped tmpfs).
 Status MountEarlyFilesystems();
+
+// Loads each kernel module from its verified fd (finit_module), in order, then
+// disables module loading for the rest of the boot (kernel.modules_disabled).
+Status LoadModulesThenLock(const std::vector<std::pair<std::string, UniqueFd>>& modules);
 
 // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
 void RouteCtrlAltDelToInit();

@@ -1,6 +1,7 @@
 #include "manifests/crypto.h"
 
 #include <openssl/bio.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 
 namespace appliance::manifest {
 namespace {
@@ -33,6 +35,22 @@ constexpr size_t kHashBufferBytes = 1 << 20;
 constexpr size_t kEd25519PublicKeyBytes = 32;
 // A PEM Ed25519 key is ~120 bytes; anything near this bound is not one.
 constexpr size_t kMaxPemBytes = 64 * 1024;
+
+// libcrypto would otherwise load openssl.cnf from $OPENSSL_CONF on first use.
+// PID 1's environment comes from the kernel command line, which is outside the
+// signed image: a config there could swap providers (e.g. activate only the
+// "null" provider) under the verifier. Only the built-in default provider is
+// used; the first OpenSSL call of the process must come through here for this
+// to take effect, which holds for init and the CLI.
+void InitOpenSsl() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, nullptr) != 1) {
+      std::fputs("appliance: fatal: OPENSSL_init_crypto failed\n", stderr);
+      std::abort();
+    }
+  });
+}
 
 // "<what>: <OpenSSL's queued errors>". Drains the thread's error queue so a
 // later failure does not report stale errors.
@@ -128,6 +146,7 @@ std::string ToHex(std::span<const uint8_t> bytes) {
 }
 
 Sha256Digest Sha256(std::span<const uint8_t> bytes) {
+  InitOpenSsl();
   Sha256Digest digest{};
   unsigned int len = 0;
   if (EVP_Digest(DataOrEmpty(bytes), bytes.size(), digest.data(), &len, EVP_sha256(), nullptr) != 1 ||
@@ -142,6 +161,7 @@ Sha256Digest Sha256(std::span<const uint8_t> bytes) {
 }
 
 StatusOr<FdDigest> Sha256Fd(int fd, uint64_t max_bytes, const std::string& name) {
+  InitOpenSsl();
   MdCtxPtr ctx(EVP_MD_CTX_new());
   if (!ctx) return OpenSslError(name + ": EVP_MD_CTX_new");
   if (EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) return OpenSslError(name + ": EVP_DigestInit_ex");
@@ -176,11 +196,13 @@ StatusOr<FdDigest> Sha256Fd(int fd, uint64_t max_bytes, const std::string& name)
 }
 
 StatusOr<std::string> KeyIdFromPublicPem(std::string_view public_pem) {
+  InitOpenSsl();
   ASSIGN_OR_RETURN(PkeyPtr key, ReadPublicKey(public_pem));
   return KeyId(key.get());
 }
 
 StatusOr<KeyPairPem> GenerateKeyPair() {
+  InitOpenSsl();
   ERR_clear_error();
   PkeyCtxPtr ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr));
   if (!ctx) return OpenSslError("keygen: EVP_PKEY_CTX_new_id");
@@ -203,11 +225,13 @@ StatusOr<KeyPairPem> GenerateKeyPair() {
 }
 
 StatusOr<std::string> PublicPemFromPrivatePem(std::string_view private_pem) {
+  InitOpenSsl();
   ASSIGN_OR_RETURN(PkeyPtr key, ReadPrivateKey(private_pem));
   return PublicPem(key.get());
 }
 
 StatusOr<std::string> Sign(std::span<const uint8_t> message, std::string_view private_pem) {
+  InitOpenSsl();
   ASSIGN_OR_RETURN(PkeyPtr key, ReadPrivateKey(private_pem));
   MdCtxPtr ctx(EVP_MD_CTX_new());
   if (!ctx) return OpenSslError("sign: EVP_MD_CTX_new");
@@ -229,6 +253,7 @@ StatusOr<std::string> Sign(std::span<const uint8_t> message, std::string_view pr
 }
 
 Status Verify(std::span<const uint8_t> message, std::span<const uint8_t> signature, std::string_view public_pem) {
+  InitOpenSsl();
   if (signature.size() != kEd25519SignatureBytes) {
     return Status::Error("signature: " + std::to_string(signature.size()) + " bytes, expected 64");
   }

@@ -1,5 +1,9 @@
 // SHA-256 and Ed25519 through OpenSSL 3 (EVP). Keys are PEM files/strings as
 // written by `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout`.
+// These functions initialise libcrypto without reading openssl.cnf
+// (OPENSSL_INIT_NO_LOAD_CONFIG), so $OPENSSL_CONF -- which for PID 1 comes from
+// the unsigned kernel command line -- cannot change providers. That only works
+// if they run before any other OpenSSL call of the process.
 #pragma once
 
 #include <array>

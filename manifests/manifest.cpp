@@ -16,7 +16,8 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::array<std::string_view, 5> kRoles = {"init", "runtime", "library", "model", "config"};
+// "module": kernel modules init loads (runtime.json "modules") before locking module loading.
+constexpr std::array<std::string_view, 6> kRoles = {"init", "runtime", "library", "module", "model", "config"};
 constexpr std::array<std::string_view, 4> kLevels = {"L1", "L2", "L3", "L4"};
 
 // Bounds on the free-text fields. Linux's x86 COMMAND_LINE_SIZE is 2048; 4096
@@ -244,6 +245,7 @@ std::optional<std::string> DefaultRoleForPath(std::string_view path) {
   const bool has_parent = first.size() < path.size();
   if (path == "init") return "init";
   if (path.starts_with("usr/bin/")) return "runtime";
+  if (path.starts_with("lib/modules/")) return "module";
   // lib/, lib64/, lib32/, libx32/ (but not a top-level file named "lib...").
   if (has_parent && first.starts_with("lib")) return "library";
   if (path.starts_with("models/")) return "model";
@@ -317,7 +319,7 @@ Status Validate(const Manifest& m) {
     }
     if (!IsKnownRole(f.role)) {
       return Status::Error(where + ": unknown role " + Quoted(f.role) +
-                           " (expected init, runtime, library, model or config)");
+                           " (expected init, runtime, library, module, model or config)");
     }
     for (size_t slash = f.path.find('/'); slash != std::string::npos; slash = f.path.find('/', slash + 1)) {
       directories.insert(std::string_view(f.path).substr(0, slash));

@@ -31,7 +31,7 @@ struct FileEntry {
   uint64_t size = 0;       // bytes
   uint32_t mode = 0;       // permission bits only (e.g. 0755), serialised as an octal string "0755"
   std::string sha256;      // 64 lowercase hex digits
-  std::string role;        // "init" | "runtime" | "library" | "model" | "config"
+  std::string role;        // "init" | "runtime" | "library" | "module" | "model" | "config"
 };
 
 struct Manifest {
@@ -68,12 +68,13 @@ std::string PathProblem(std::string_view path);
 // cut after `max_chars`: for putting untrusted names into error messages.
 std::string EscapeForMessage(std::string_view s, size_t max_chars = 80);
 
-bool IsKnownRole(std::string_view role);                 // init runtime library model config
+bool IsKnownRole(std::string_view role);                 // init runtime library module model config
 bool IsKnownIntegrityLevel(std::string_view level);      // L1 L2 L3 L4
 
 // The role an image path gets by default (docs/architecture.md): "init" ->
-// init, "usr/bin/..." -> runtime, "lib.../..." -> library, "models/..." ->
-// model, "etc/..." -> config; nullopt if no default applies.
+// init, "usr/bin/..." -> runtime, "lib/modules/..." -> module, other
+// "lib.../..." -> library, "models/..." -> model, "etc/..." -> config;
+// nullopt if no default applies.
 std::optional<std::string> DefaultRoleForPath(std::string_view path);
 
 // The listed files in `sha256sum` format ("<hex>  <path>\n" per file, sorted),

@@ -252,7 +252,7 @@ Status Show(const std::string& manifest_path, bool as_json) {
     uint64_t files = 0;
     uint64_t bytes = 0;
   };
-  static constexpr const char* kRoleOrder[] = {"init", "runtime", "library", "model", "config"};
+  static constexpr const char* kRoleOrder[] = {"init", "runtime", "library", "module", "model", "config"};
   std::map<std::string, RoleTotal> by_role;
   uint64_t total = 0;
   for (const FileEntry& f : m.files) {

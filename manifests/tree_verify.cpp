@@ -357,7 +357,7 @@ StatusOr<std::vector<FileEntry>> ScanTree(int root_fd, const TreePolicy& policy,
     }
     if (!IsKnownRole(role)) {
       return Status::Error("role given for " + path + ": unknown role " + EscapeForMessage(role) +
-                           " (expected init, runtime, library, model or config)");
+                           " (expected init, runtime, library, module, model or config)");
     }
   }
   TreeWalker walker(TreeWalker::Mode::kScan, policy);

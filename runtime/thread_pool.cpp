@@ -2,15 +2,26 @@
 
 #include <immintrin.h>
 
+#include <chrono>
+
 namespace appliance::runtime {
 namespace {
 
-// Roughly 20-50 microseconds of spinning before a worker sleeps: long enough
-// to bridge the gaps between the jobs of one token, short enough not to burn
-// a core while the server waits for requests.
-constexpr int kSpinIterations = 20000;
+// How long a waiting thread spins before it sleeps: long enough to bridge the
+// gaps between the jobs of one token, short enough not to steal much CPU from
+// other processes when the machine is busy.
+constexpr auto kSpinTime = std::chrono::microseconds(20);
 
-inline void CpuRelax() { _mm_pause(); }
+// Spins until pred() or kSpinTime passed; returns pred().
+template <typename Pred>
+bool SpinUntil(Pred pred) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (pred()) return true;
+    _mm_pause();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) return pred();
+  }
+}
 
 }  // namespace
 
@@ -26,31 +37,32 @@ ThreadPool::~ThreadPool() {
   for (std::thread& w : workers_) w.join();
 }
 
-void ThreadPool::Work(int thread) {
-  const TaskFn& fn = *job_;
+void ThreadPool::RunTasks(uint32_t generation, int thread) {
+  uint64_t v = claim_.load(std::memory_order_acquire);
   for (;;) {
-    const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= n_tasks_) break;
-    fn(task, thread);
+    if (static_cast<uint32_t>(v >> 32) != generation) return;  // a later job already started
+    const uint32_t task = static_cast<uint32_t>(v);
+    const uint32_t n_tasks = n_tasks_.load(std::memory_order_relaxed);
+    if (task >= n_tasks) return;
+    if (!claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    // The claimed task keeps the job (and job_) alive until done_ counts it.
+    (*job_)(task, thread);
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_tasks) done_.notify_one();
+    v = claim_.load(std::memory_order_acquire);
   }
 }
 
 void ThreadPool::WorkerLoop(int thread) {
   uint32_t seen = 0;
   for (;;) {
-    uint32_t gen = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; gen == seen && spin < kSpinIterations; ++spin) {
-      CpuRelax();
-      gen = generation_.load(std::memory_order_acquire);
-    }
-    while (gen == seen) {
+    if (!SpinUntil([&] { return generation_.load(std::memory_order_acquire) != seen; })) {
       generation_.wait(seen, std::memory_order_acquire);
-      gen = generation_.load(std::memory_order_acquire);
     }
+    const uint32_t gen = generation_.load(std::memory_order_acquire);
+    if (gen == seen) continue;  // spurious wake-up
     seen = gen;
     if (stop_.load(std::memory_order_acquire)) return;
-    Work(thread);
-    if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) busy_workers_.notify_one();
+    RunTasks(gen, thread);
   }
 }
 
@@ -60,22 +72,22 @@ void ThreadPool::Run(int64_t n_tasks, TaskFn fn) {
     for (int64_t t = 0; t < n_tasks; ++t) fn(t, 0);
     return;
   }
+  const uint32_t n = static_cast<uint32_t>(n_tasks);
+  const uint32_t gen = ++last_generation_;
   job_ = &fn;
-  n_tasks_ = n_tasks;
-  next_task_.store(0, std::memory_order_relaxed);
-  busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_acq_rel);  // publishes the job
-  generation_.notify_all();
-  Work(0);
-  // Wait until every worker has left Work(): only then may job_ change.
-  int busy = busy_workers_.load(std::memory_order_acquire);
-  for (int spin = 0; busy != 0 && spin < kSpinIterations; ++spin) {
-    CpuRelax();
-    busy = busy_workers_.load(std::memory_order_acquire);
-  }
-  while (busy != 0) {
-    busy_workers_.wait(busy, std::memory_order_acquire);
-    busy = busy_workers_.load(std::memory_order_acquire);
+  n_tasks_.store(n, std::memory_order_relaxed);
+  done_.store(0, std::memory_order_relaxed);
+  claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);  // publishes the job
+  generation_.store(gen, std::memory_order_release);
+  generation_.notify_all();  // a syscall only when some worker sleeps
+  RunTasks(gen, 0);
+  // Every task is claimed now; wait for the ones other threads are running.
+  uint32_t done = done_.load(std::memory_order_acquire);
+  if (done != n && !SpinUntil([&] { return (done = done_.load(std::memory_order_acquire)) == n; })) {
+    while (done != n) {
+      done_.wait(done, std::memory_order_acquire);
+      done = done_.load(std::memory_order_acquire);
+    }
   }
 }
 

@@ -1,13 +1,17 @@
 // A small persistent thread pool for the forward pass.
 //
 // Run(n_tasks, fn) calls fn(task, thread) for every task in [0, n_tasks) on
-// the caller plus the workers and returns when all are done. Tasks are handed
-// out by an atomic counter; callers make each task's result independent of the
-// thread that runs it (per-thread scratch is indexed by `thread`), so results
-// do not depend on the thread count.
+// the caller plus the workers and returns when all are done. Tasks are claimed
+// one at a time from a counter tagged with the job's generation, so a worker
+// that wakes late can never claim a task of a later job, and the caller waits
+// only for tasks someone actually claimed: when the machine is oversubscribed
+// and a worker is not scheduled, the caller simply runs every task itself.
+// Callers make each task's result independent of the thread that runs it
+// (per-thread scratch is indexed by `thread`), so results do not depend on the
+// thread count.
 //
-// Between jobs workers spin briefly (decode issues dozens of jobs per token,
-// each a few microseconds), then sleep on a futex (std::atomic::wait) so an
+// Idle workers spin for ~20 us (decode issues dozens of jobs per token, each a
+// few microseconds apart), then sleep on a futex (std::atomic::wait), so an
 // idle server costs no CPU. Run() does not allocate.
 #pragma once
 
@@ -36,6 +40,8 @@ class TaskFn {
 
 class ThreadPool {
  public:
+  static constexpr int64_t kMaxTasks = 0xffffffff;
+
   // n_threads counts the caller: 1 means no worker threads at all.
   explicit ThreadPool(int n_threads);
   ThreadPool(const ThreadPool&) = delete;
@@ -44,10 +50,9 @@ class ThreadPool {
 
   int size() const { return n_threads_; }
 
-  // Not reentrant: fn must not call Run() on the same pool.
+  // n_tasks <= kMaxTasks. Not reentrant: fn must not call Run() on this pool.
   void Run(int64_t n_tasks, TaskFn fn);
 
-  // Convenience for lambdas.
   template <typename F>
   void For(int64_t n_tasks, F&& f) {
     std::remove_reference_t<F>& ref = f;
@@ -56,17 +61,19 @@ class ThreadPool {
 
  private:
   void WorkerLoop(int thread);
-  void Work(int thread);
+  void RunTasks(uint32_t generation, int thread);
 
   const int n_threads_;
   std::vector<std::thread> workers_;
+  uint32_t last_generation_ = 0;  // caller-side copy
 
-  // Job state, published by bumping generation_.
+  // The current job. job_ is written before claim_ is published (release) and
+  // only read by a thread that has claimed one of the job's tasks.
   const TaskFn* job_ = nullptr;
-  int64_t n_tasks_ = 0;
-  std::atomic<int64_t> next_task_{0};
-  std::atomic<int> busy_workers_{0};
-  std::atomic<uint32_t> generation_{0};  // 32-bit: a plain futex word
+  std::atomic<uint32_t> n_tasks_{0};
+  std::atomic<uint64_t> claim_{0};       // generation << 32 | next task index
+  std::atomic<uint32_t> done_{0};        // tasks of the current job finished
+  std::atomic<uint32_t> generation_{0};  // futex word sleeping workers wait on
   std::atomic<bool> stop_{false};
 };
 

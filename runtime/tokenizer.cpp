@@ -221,7 +221,7 @@ StatusOr<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
     // As llama.cpp: an empty token text would be unmatchable and ambiguous.
     impl->text.push_back(t.empty() ? "[EMPTY_" + std::to_string(i) + "]" : std::string(t));
     impl->score.push_back(scores != nullptr ? GgufFile::ArrayFloat(*scores, i) : 0.0f);
-    const int64_t type = types != nullptr ? GgufFile::ArrayInt(*types, i) : kNormal;
+    const int64_t type = types != nullptr ? GgufFile::ArrayInt(*types, i) : int64_t{kNormal};
     if (type < kUndefined || type > kByte) {
       return Status::Error("tokenizer: token " + std::to_string(i) + " has unknown token type " + std::to_string(type));
     }

@@ -1,6 +1,9 @@
 // Tables the ISA-specific files export to the dispatcher (kernels.cpp).
 #pragma once
 
+#include <bit>
+#include <cstdint>
+
 #include "runtime/kernels/kernels.h"
 
 namespace appliance::runtime::kernels::internal {
@@ -10,6 +13,14 @@ namespace appliance::runtime::kernels::internal {
 // block needs not be 2-byte aligned.
 constexpr int64_t kQ8Block = 32;
 constexpr size_t kQ8BlockBytes = 34;
+
+struct HalfTable {
+  HalfTable();
+  float value[65536];  // value[h] = the half h as a float
+};
+extern const HalfTable kHalfTable;
+inline float HalfToFloat(uint16_t h) { return kHalfTable.value[h]; }
+inline float BfloatToFloat(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
 // Returns the portable table for `type` or nullptr.
 const TypeKernels* PortableKernels(TensorType type);

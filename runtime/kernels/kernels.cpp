@@ -2,6 +2,7 @@
 
 #include <cpuid.h>
 
+#include <atomic>
 #include <bit>
 #include <cstring>
 
@@ -46,24 +47,37 @@ const TypeKernels* FindFor(TensorType type, Isa isa) {
   return internal::PortableKernels(type);
 }
 
-const TypeKernels* Find(TensorType type) { return FindFor(type, ActiveIsa()); }
+namespace {
+std::atomic<int> g_isa_override{-1};
+}  // namespace
+
+void OverrideIsaForTesting(std::optional<Isa> isa) {
+  if (isa && *isa == Isa::kAvx2 && ActiveIsa() != Isa::kAvx2) isa = Isa::kPortable;
+  g_isa_override.store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
+}
+
+Isa CurrentIsa() {
+  const int o = g_isa_override.load(std::memory_order_relaxed);
+  return o >= 0 ? static_cast<Isa>(o) : ActiveIsa();
+}
+
+const TypeKernels* Find(TensorType type) { return FindFor(type, CurrentIsa()); }
 
 const VecKernels* VecFor(Isa isa) {
   if (isa == Isa::kAvx2) return ActiveIsa() == Isa::kAvx2 ? internal::Avx2Vec() : nullptr;
   return internal::PortableVec();
 }
 
-const VecKernels& Vec() {
-  static const VecKernels* vec = VecFor(ActiveIsa());
-  return *vec;
-}
+const VecKernels& Vec() { return *VecFor(CurrentIsa()); }
 
 size_t RowBytes(TensorType type, int64_t n) {
   const TensorTypeInfo* info = FindTensorType(static_cast<uint32_t>(type));
   return static_cast<size_t>(n) / info->block_elems * info->block_bytes;
 }
 
-float Fp16ToFp32(uint16_t h) {
+namespace {
+
+float Fp16ToFp32Slow(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exp = (h >> 10) & 0x1fu;
   const uint32_t mant = h & 0x3ffu;
@@ -75,6 +89,20 @@ float Fp16ToFp32(uint16_t h) {
   if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (mant << 13));
   return std::bit_cast<float>(sign | ((exp + 112) << 23) | (mant << 13));
 }
+
+}  // namespace
+
+// All 65536 halves, 256 KiB, filled during static initialization (no kernel
+// runs before main): the portable kernels convert every weight and activation
+// element, and a lookup is much cheaper than the bit fiddling.
+namespace internal {
+const HalfTable kHalfTable;
+HalfTable::HalfTable() {
+  for (uint32_t h = 0; h < 65536; ++h) value[h] = Fp16ToFp32Slow(static_cast<uint16_t>(h));
+}
+}  // namespace internal
+
+float Fp16ToFp32(uint16_t h) { return internal::kHalfTable.value[h]; }
 
 uint16_t Fp32ToFp16(float f) {
   // Round-to-nearest-even through float arithmetic (the method of the FP16

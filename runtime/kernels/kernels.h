@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "runtime/tensor_type.h"
 
@@ -42,7 +43,13 @@ enum class Isa { kPortable, kAvx2 };
 Isa ActiveIsa();
 const char* IsaName(Isa isa);
 
-// Kernels of `type` for the active ISA (or an explicit one, for tests);
+// Tests run the whole engine on the portable kernels through this; nullopt
+// restores the CPU's choice. Not for use while a forward pass runs.
+void OverrideIsaForTesting(std::optional<Isa> isa);
+// The ISA Find() and Vec() use: the override, else ActiveIsa().
+Isa CurrentIsa();
+
+// Kernels of `type` for the current ISA (or an explicit one, for tests);
 // nullptr when the type has no kernels (yet) or the ISA is not available.
 const TypeKernels* Find(TensorType type);
 const TypeKernels* FindFor(TensorType type, Isa isa);

@@ -36,9 +36,11 @@ uint16_t LoadU16(const uint8_t* p) {
   return v;
 }
 
+APPLIANCE_AVX2 inline float F16Scale(const uint8_t* p) { return _cvtsh_ss(LoadU16(p)); }
+
 // Four 8-lane accumulators (32 elements per step) hide the FMA latency.
-template <typename Load>
-APPLIANCE_AVX2 inline __m256 Dot32(int64_t n32, Load load_a, Load load_b) {
+template <typename LoadA, typename LoadB>
+APPLIANCE_AVX2 inline __m256 Dot32(int64_t n32, LoadA load_a, LoadB load_b) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
   for (int64_t i = 0; i < n32; i += 32) {
@@ -122,7 +124,7 @@ APPLIANCE_AVX2 void Bf16ToFloat(const void* src, float* dst, int64_t n) {
 APPLIANCE_AVX2 void Q8ToFloat(const void* src, float* dst, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQ8Block; ++b, p += kQ8BlockBytes) {
-    const __m256 d = _mm256_set1_ps(Fp16ToFp32(LoadU16(p)));
+    const __m256 d = _mm256_set1_ps(F16Scale(p));
     for (int j = 0; j < 32; j += 8) {
       const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p + 2 + j));
       const __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8));
@@ -146,7 +148,7 @@ APPLIANCE_AVX2 float Q8Dot(int64_t n, const void* w, const void* x) {
     const __m256i signed_b = _mm256_sign_epi8(qb, qa);
     const __m256i pairs = _mm256_maddubs_epi16(abs_a, signed_b);
     const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones));
-    const __m256 d = _mm256_set1_ps(Fp16ToFp32(LoadU16(a)) * Fp16ToFp32(LoadU16(b)));
+    const __m256 d = _mm256_set1_ps(F16Scale(a) * F16Scale(b));
     acc = _mm256_fmadd_ps(d, sums, acc);
   }
   return Hsum(acc);

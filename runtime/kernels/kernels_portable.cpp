@@ -40,7 +40,7 @@ float F32Dot(int64_t n, const void* w, const void* x) {
 // --- F16 --- (rows are read bytewise: a row needs not be 2-byte aligned)
 void F16ToFloat(const void* src, float* dst, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = Fp16ToFp32(LoadU16(p + 2 * i));
+  for (int64_t i = 0; i < n; ++i) dst[i] = HalfToFloat(LoadU16(p + 2 * i));
 }
 void F16FromFloat(const float* src, void* dst, int64_t n) {
   uint8_t* p = static_cast<uint8_t*>(dst);
@@ -52,14 +52,14 @@ void F16FromFloat(const float* src, void* dst, int64_t n) {
 float F16Dot(int64_t n, const void* w, const void* x) {
   const uint8_t* a = static_cast<const uint8_t*>(w);
   const uint8_t* b = static_cast<const uint8_t*>(x);
-  return Dot8(n, [a](int64_t i) { return Fp16ToFp32(LoadU16(a + 2 * i)); },
-              [b](int64_t i) { return Fp16ToFp32(LoadU16(b + 2 * i)); });
+  return Dot8(n, [a](int64_t i) { return HalfToFloat(LoadU16(a + 2 * i)); },
+              [b](int64_t i) { return HalfToFloat(LoadU16(b + 2 * i)); });
 }
 
 // --- BF16 ---
 void Bf16ToFloat(const void* src, float* dst, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = Bf16ToFp32(LoadU16(p + 2 * i));
+  for (int64_t i = 0; i < n; ++i) dst[i] = BfloatToFloat(LoadU16(p + 2 * i));
 }
 void Bf16FromFloat(const float* src, void* dst, int64_t n) {
   uint8_t* p = static_cast<uint8_t*>(dst);
@@ -71,15 +71,15 @@ void Bf16FromFloat(const float* src, void* dst, int64_t n) {
 float Bf16Dot(int64_t n, const void* w, const void* x) {
   const uint8_t* a = static_cast<const uint8_t*>(w);
   const uint8_t* b = static_cast<const uint8_t*>(x);
-  return Dot8(n, [a](int64_t i) { return Bf16ToFp32(LoadU16(a + 2 * i)); },
-              [b](int64_t i) { return Bf16ToFp32(LoadU16(b + 2 * i)); });
+  return Dot8(n, [a](int64_t i) { return BfloatToFloat(LoadU16(a + 2 * i)); },
+              [b](int64_t i) { return BfloatToFloat(LoadU16(b + 2 * i)); });
 }
 
 // --- Q8_0 ---
 void Q8ToFloat(const void* src, float* dst, int64_t n) {
   const uint8_t* p = static_cast<const uint8_t*>(src);
   for (int64_t b = 0; b < n / kQ8Block; ++b, p += kQ8BlockBytes) {
-    const float d = Fp16ToFp32(LoadU16(p));
+    const float d = HalfToFloat(LoadU16(p));
     const int8_t* q = reinterpret_cast<const int8_t*>(p + 2);
     for (int64_t j = 0; j < kQ8Block; ++j) dst[b * kQ8Block + j] = d * static_cast<float>(q[j]);
   }
@@ -110,7 +110,7 @@ float Q8Dot(int64_t n, const void* w, const void* x) {
     const int8_t* qb = reinterpret_cast<const int8_t*>(b + 2);
     int32_t isum = 0;  // exact: 32 * 127 * 127 fits easily
     for (int64_t j = 0; j < kQ8Block; ++j) isum += static_cast<int32_t>(qa[j]) * static_cast<int32_t>(qb[j]);
-    sum += static_cast<float>(isum) * (Fp16ToFp32(LoadU16(a)) * Fp16ToFp32(LoadU16(b)));
+    sum += static_cast<float>(isum) * (HalfToFloat(LoadU16(a)) * HalfToFloat(LoadU16(b)));
   }
   return sum;
 }

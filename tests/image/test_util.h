@@ -11,6 +11,7 @@
 #include <fstream>
 #include <memory>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -74,7 +75,7 @@ struct ReadEntry {
   std::string data;
 };
 
-inline std::vector<ReadEntry> ReadCpio(const std::string& path, std::string* format_name = nullptr) {
+inline std::vector<ReadEntry> ReadCpio(const std::string& path, int* format = nullptr) {
   std::vector<ReadEntry> out;
   std::unique_ptr<struct archive, int (*)(struct archive*)> a(archive_read_new(), archive_read_free);
   EXPECT_EQ(archive_read_support_format_cpio(a.get()), ARCHIVE_OK);
@@ -95,8 +96,8 @@ inline std::vector<ReadEntry> ReadCpio(const std::string& path, std::string* for
     re.mtime = archive_entry_mtime(e);
     re.ino = archive_entry_ino64(e);
     re.nlink = archive_entry_nlink(e);
-    re.rdev_major = archive_entry_rdevmajor(e);
-    re.rdev_minor = archive_entry_rdevminor(e);
+    re.rdev_major = static_cast<unsigned>(archive_entry_rdevmajor(e));
+    re.rdev_minor = static_cast<unsigned>(archive_entry_rdevminor(e));
     re.has_symlink = archive_entry_symlink(e) != nullptr;
     re.has_hardlink = archive_entry_hardlink(e) != nullptr;
     char buf[65536];
@@ -104,7 +105,7 @@ inline std::vector<ReadEntry> ReadCpio(const std::string& path, std::string* for
     while ((n = archive_read_data(a.get(), buf, sizeof(buf))) > 0) re.data.append(buf, static_cast<size_t>(n));
     EXPECT_GE(n, 0) << archive_error_string(a.get());
     out.push_back(std::move(re));
-    if (format_name != nullptr) *format_name = archive_format_name(a.get());
+    if (format != nullptr) *format = archive_format(a.get());
   }
   EXPECT_EQ(r, ARCHIVE_EOF) << archive_error_string(a.get());
   return out;

@@ -290,6 +290,51 @@ TEST_F(CliTest, Sha256SumsCheckWithStockTools) {
   EXPECT_EQ(r.out, "");
 }
 
+// docs/compliance.md: an auditor can check the canonical form and derive
+// SHA256SUMS with jq or python alone. Keep those commands honest.
+TEST_F(CliTest, CanonicalFormAndSumsReproducibleWithJqAndPython) {
+  ASSERT_EQ(Create().exit_code, 0);
+  const std::string canonical = ReadFile(dir_ / "manifest.json");
+  RunResult sums = Cli({"sha256sums", "--manifest", "manifest.json"});
+  ASSERT_EQ(sums.exit_code, 0) << sums.err;
+  bool ran = false;
+  if (!std::string(APPLIANCE_JQ_BIN).empty()) {
+    ran = true;
+    RunResult r = RunProcess({APPLIANCE_JQ_BIN, "-S", "--indent", "2", ".", "manifest.json"}, {}, {}, dir_.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, canonical);
+    r = RunProcess({APPLIANCE_JQ_BIN, "-r", R"jq(.files[] | "\(.sha256)  \(.path)")jq", "manifest.json"}, {}, {},
+                   dir_.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, sums.out);
+  }
+  if (!std::string(APPLIANCE_PYTHON3_BIN).empty()) {
+    ran = true;
+    RunResult r = RunProcess({APPLIANCE_PYTHON3_BIN, "-c",
+                              "import json,sys; sys.stdout.write(json.dumps(json.load(open(sys.argv[1])), indent=2, "
+                              "sort_keys=True) + '\\n')",
+                              "manifest.json"},
+                             {}, {}, dir_.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, canonical);
+  }
+  if (!ran) GTEST_SKIP() << "neither jq nor python3 found";
+}
+
+// $OPENSSL_CONF reaches PID 1 from the kernel command line; a config that
+// activates only the "null" provider must not disable verification.
+TEST_F(CliTest, IgnoresOpensslConfigFromTheEnvironment) {
+  ASSERT_NO_FATAL_FAILURE(MakeSignedManifest());
+  WriteFile(dir_ / "null.cnf",
+            "openssl_conf = openssl_init\n[openssl_init]\nproviders = provider_sect\n"
+            "[provider_sect]\nnull = null_sect\n[null_sect]\nactivate = 1\n");
+  RunResult r = Cli({"verify", "--manifest", "manifest.json", "--sig", "manifest.sig", "--pubkey", "k.pub", "--root",
+                     "root"},
+                    {"OPENSSL_CONF=" + (dir_ / "null.cnf")});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_TRUE(r.out.starts_with("OK: ")) << r.out;
+}
+
 TEST_F(CliTest, UsageErrors) {
   RunResult r = Cli({});
   EXPECT_EQ(r.exit_code, 2);

@@ -150,6 +150,8 @@ TEST(ManifestCanonical, RefusesOtherWhitespace) {
   ExpectRefused(canonical.substr(0, canonical.size() - 1), "not in canonical form");  // no trailing newline
   ExpectRefused(canonical + "\n", "not in canonical form");
   ExpectRefused(" " + canonical, "not in canonical form");
+  ExpectRefused("\xef\xbb\xbf" + canonical, "not in canonical form");  // nlohmann skips a BOM; we must not
+  ExpectRefused(Replace(canonical, "  \"created\"", "\t\"created\""), "not in canonical form");
   std::string crlf;
   for (char c : canonical) crlf += (c == '\n') ? std::string("\r\n") : std::string(1, c);
   ExpectRefused(crlf, "not in canonical form");
@@ -371,12 +373,25 @@ TEST(ManifestRoles, Defaults) {
   EXPECT_EQ(DefaultRoleForPath("usr/bin/appliance-runtime"), "runtime");
   EXPECT_EQ(DefaultRoleForPath("lib/x86_64-linux-gnu/libc.so.6"), "library");
   EXPECT_EQ(DefaultRoleForPath("lib64/ld-linux-x86-64.so.2"), "library");
+  EXPECT_EQ(DefaultRoleForPath("lib/modules/6.1.0-28-cloud-amd64/virtio_console.ko"), "module");
   EXPECT_EQ(DefaultRoleForPath("models/model.gguf"), "model");
   EXPECT_EQ(DefaultRoleForPath("etc/appliance/runtime.json"), "config");
   EXPECT_EQ(DefaultRoleForPath("libfoo"), std::nullopt);
   EXPECT_EQ(DefaultRoleForPath("initrd"), std::nullopt);
   EXPECT_EQ(DefaultRoleForPath("usr/lib/x"), std::nullopt);
   EXPECT_EQ(DefaultRoleForPath("opt/tool"), std::nullopt);
+}
+
+TEST(ManifestRoles, EveryKnownRoleParses) {
+  Manifest m = Sample();
+  m.files = {{"a", 1, 0644, kDigestA, "config"},  {"b", 1, 0755, kDigestA, "init"},
+             {"c", 1, 0644, kDigestA, "library"}, {"d", 1, 0644, kDigestA, "model"},
+             {"e", 1, 0644, kDigestA, "module"},  {"f", 1, 0755, kDigestA, "runtime"}};
+  StatusOr<Manifest> parsed = ParseText(Serialize(m));
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  for (const FileEntry& f : parsed->files) EXPECT_TRUE(IsKnownRole(f.role)) << f.role;
+  EXPECT_FALSE(IsKnownRole("Init"));
+  EXPECT_FALSE(IsKnownRole(""));
 }
 
 TEST(ManifestSha256Sums, Format) {

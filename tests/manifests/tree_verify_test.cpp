@@ -388,7 +388,7 @@ TEST_F(TreeVerifyTest, ScanRoles) {
   ExpectScanFailure(root_, "role given for opt/nothing, which is not a regular file of the tree",
                     {{"opt/tool", "runtime"}, {"opt/nothing", "config"}});
   ExpectScanFailure(root_,
-                    "role given for opt/tool: unknown role kernel (expected init, runtime, library, model or config)",
+                    "role given for opt/tool: unknown role kernel (expected init, runtime, library, module, model or config)",
                     {{"opt/tool", "kernel"}});
 }
 

@@ -1,0 +1,225 @@
+// appliance-runtime as a program: the CLI contracts, exit codes and error
+// lines, and `serve` started the way init starts it (fds 3 and 4).
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "base/fd.h"
+#include "runtime/server.h"
+#include "tests/runtime/test_util.h"
+
+namespace appliance::runtime {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+using Json = nlohmann::json;
+
+struct CliResult {
+  int code = -1;
+  std::string out, err;
+};
+
+// Runs the binary with `args`; fds in `inherit` (child fd -> parent fd) are
+// passed as those numbers. Everything the child needs is prepared before fork.
+CliResult RunCli(const std::vector<std::string>& args, const std::vector<std::pair<int, int>>& inherit = {}) {
+  std::vector<std::string> argv_s = {APPLIANCE_RUNTIME_BIN};
+  argv_s.insert(argv_s.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (std::string& s : argv_s) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  int out[2], err[2];
+  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return {};
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(out[1], 1);
+    ::dup2(err[1], 2);
+    // Stage every source above the targets first, so that a source that
+    // happens to sit on another target's number is not overwritten; dup2 to
+    // the target then also clears CLOEXEC.
+    std::pair<int, int> staged[8];
+    size_t n_staged = 0;
+    for (const auto& [child_fd, parent_fd] : inherit) staged[n_staged++] = {child_fd, ::fcntl(parent_fd, F_DUPFD, 100)};
+    for (size_t i = 0; i < n_staged; ++i) ::dup2(staged[i].second, staged[i].first);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  ::close(err[1]);
+  CliResult r;
+  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
+  int open_fds = 2;
+  while (open_fds > 0 && ::poll(fds, 2, 120000) > 0) {
+    for (int i = 0; i < 2; ++i) {
+      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+      char buf[4096];
+      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+      if (n <= 0) {
+        ::close(fds[i].fd);
+        fds[i].fd = -1;
+        --open_fds;
+        continue;
+      }
+      (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
+    }
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+const std::string kStories = testing::ModelPath("stories260K.gguf");
+
+Json Reference() { return Json::parse(testing::ReadText(testing::SharedPath("reference/stories260K.shared1.json"))); }
+
+TEST(Cli, GenerateJsonMatchesTheReference) {
+  const Json ref = Reference();
+  const CliResult r = RunCli({"generate", "--model", kStories, "--prompt", ref["prompt"], "--max-tokens", "48",
+                              "--threads", "2", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Json j = Json::parse(r.out);
+  EXPECT_EQ(j["prompt_tokens"], ref["prompt_tokens"]);
+  EXPECT_EQ(j["tokens"], ref["greedy"]);
+  EXPECT_EQ(j["text"], ref["greedy_text"]);
+  EXPECT_TRUE(j["timings"].contains("tokens_per_s"));
+  const CliResult plain = RunCli({"generate", "--model", kStories, "--prompt", ref["prompt"], "--max-tokens", "48"});
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  EXPECT_EQ(plain.out, ref["greedy_text"].get<std::string>() + "\n");
+  // Sampling flags are accepted and seeded runs repeat.
+  const std::vector<std::string> sampled = {"generate", "--model", kStories, "--prompt", "Once", "--max-tokens", "20",
+                                            "--temperature", "0.9", "--top-p", "0.9", "--seed", "5", "--json"};
+  const CliResult s1 = RunCli(sampled), s2 = RunCli(sampled);
+  ASSERT_EQ(s1.code, 0) << s1.err;
+  EXPECT_EQ(Json::parse(s1.out)["tokens"], Json::parse(s2.out)["tokens"]);
+}
+
+TEST(Cli, LogitsTeacherForcedShape) {
+  const Json ref = Reference();
+  std::string ids;
+  for (const auto& t : ref["sequence"]) ids += (ids.empty() ? "" : ",") + std::to_string(t.get<int>());
+  const CliResult r = RunCli({"logits", "--model", kStories, "--tokens", ids, "--top-k", "8", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  const Json j = Json::parse(r.out);
+  EXPECT_EQ(j["prompt_tokens"], ref["sequence"]);
+  ASSERT_EQ(j["topk"].size(), ref["sequence_topk"].size());
+  for (size_t p = 0; p < j["topk"].size(); ++p) {
+    ASSERT_EQ(j["topk"][p].size(), 8u);
+    EXPECT_EQ(j["topk"][p][0][0], ref["sequence_topk"][p][0][0]) << p;
+    EXPECT_NEAR(j["topk"][p][0][1].get<double>(), ref["sequence_topk"][p][0][1].get<double>(), 1e-3);
+  }
+  const CliResult pr = RunCli({"logits", "--model", kStories, "--prompt", ref["prompt"], "--top-k", "3", "--json"});
+  ASSERT_EQ(pr.code, 0) << pr.err;
+  const Json pj = Json::parse(pr.out);
+  EXPECT_EQ(pj["prompt_tokens"], ref["prompt_tokens"]);
+  EXPECT_EQ(pj["topk"][0].size(), 3u);
+}
+
+TEST(Cli, Tokenize) {
+  const CliResult r = RunCli({"tokenize", "--model", kStories, "--text", "Once upon a time", "--json"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(Json::parse(r.out)["tokens"], Json::parse("[1,403,407,261,378]"));
+  const CliResult nb = RunCli({"tokenize", "--model", kStories, "--text", "Once upon a time", "--no-bos", "--json"});
+  EXPECT_EQ(Json::parse(nb.out)["tokens"], Json::parse("[403,407,261,378]"));
+  // Vocab-only files work for tokenize.
+  const CliResult v = RunCli({"tokenize", "--model", testing::SharedPath("vocab/ggml-vocab-llama-spm.gguf"), "--text",
+                              "Hello world", "--no-bos"});
+  ASSERT_EQ(v.code, 0) << v.err;
+  EXPECT_EQ(v.out, "15043 3186\n");
+}
+
+TEST(Cli, ErrorsArePrintedOnceWithNonZeroExit) {
+  CliResult r = RunCli({"generate", "--model", "/nonexistent.gguf", "--prompt", "x", "--max-tokens", "4"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "error: open /nonexistent.gguf: No such file or directory\n");
+  EXPECT_EQ(r.out, "");
+  r = RunCli({"logits", "--model", kStories, "--tokens", "1,x", "--json"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "error: --tokens: 'x' is not a token id\n");
+  r = RunCli({"logits", "--model", kStories, "--tokens", "1,512", "--json"});
+  EXPECT_EQ(r.err, "error: --tokens: id 512 is outside [0, 512)\n");
+  r = RunCli({"generate", "--model", testing::ModelPath("synth-d256-q6_k.gguf"), "--prompt", "x", "--max-tokens", "4"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, StartsWith("error: "));
+  EXPECT_THAT(r.err, HasSubstr("cannot compute with yet"));
+  r = RunCli({"generate", "--model", kStories, "--prompt", "x", "--max-tokens", "2048"});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_EQ(r.err, "error: prompt (3 tokens) + max_tokens (2048) exceeds the context size 2048\n");
+  r = RunCli({"generate", "--model", kStories, "--prompt", "x", "--max-tokens", "4", "--top-p", "0"});
+  EXPECT_EQ(r.err, "error: --top-p must be in (0, 1]\n");
+  // Command-line mistakes: exit 2.
+  r = RunCli({"generate", "--prompt", "x", "--max-tokens", "4"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.err, StartsWith("error: "));
+  EXPECT_THAT(r.err, HasSubstr("--model"));
+  r = RunCli({"logits", "--model", kStories, "--prompt", "x", "--tokens", "1"});
+  EXPECT_EQ(r.code, 2);
+  r = RunCli({"serve", "--channel-fd", "3"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "error: serve needs --model or --model-fd\n");
+  r = RunCli({"frobnicate"});
+  EXPECT_EQ(r.code, 2);
+  r = RunCli({"--help"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_THAT(r.out, HasSubstr("generate"));
+}
+
+// As init runs it: the verified model's fd as 4, the channel as 3.
+TEST(Cli, ServeOnInheritedFds) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd server(sv[0]), client(sv[1]);
+  UniqueFd model(::open(kStories.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(model.valid());
+  const std::string requests =
+      R"({"id":"a","op":"generate","prompt":"Once upon a time","max_tokens":4})"
+      "\n"
+      R"({"op":"shutdown"})"
+      "\n";
+  ASSERT_TRUE(WriteAll(client.get(), requests).ok());
+  const CliResult r = RunCli({"serve", "--model-fd", "4", "--channel-fd", "3", "--threads", "2"},
+                             {{3, server.get()}, {4, model.get()}});
+  server.reset();
+  EXPECT_EQ(r.code, 0) << r.err;
+  std::string replies;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(client.get(), buf, sizeof buf)) > 0;) replies.append(buf, static_cast<size_t>(n));
+  std::vector<Json> events;
+  for (size_t pos = 0, nl; (nl = replies.find('\n', pos)) != std::string::npos; pos = nl + 1) {
+    events.push_back(Json::parse(replies.substr(pos, nl - pos)));
+  }
+  ASSERT_EQ(events.size(), 7u) << replies;  // ready, 4 tokens, done, shutdown
+  EXPECT_EQ(events[0]["event"], "ready");
+  EXPECT_EQ(events[5]["event"], "done");
+  EXPECT_EQ(events[5]["tokens"], Json::parse("[432,383,286,261]"));
+  EXPECT_EQ(events[6]["event"], "shutdown");
+  // Every stderr line carries the prefix.
+  size_t lines = 0;
+  for (size_t pos = 0, nl; (nl = r.err.find('\n', pos)) != std::string::npos; pos = nl + 1, ++lines) {
+    EXPECT_THAT(r.err.substr(pos, nl - pos), StartsWith("appliance-runtime: "));
+  }
+  EXPECT_GE(lines, 2u);
+}
+
+TEST(Cli, ServeExitsNonZeroOnEof) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd server(sv[0]), client(sv[1]);
+  client.reset();  // nobody will ever send a request
+  const CliResult r = RunCli({"serve", "--model", kStories, "--channel-fd", "3"}, {{3, server.get()}});
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.err, HasSubstr("appliance-runtime: error: "));
+  // The ready line could not be written or EOF came first; either way it says so.
+  EXPECT_TRUE(r.err.find("channel closed (EOF)") != std::string::npos ||
+              r.err.find("write channel") != std::string::npos)
+      << r.err;
+}
+
+}  // namespace
+}  // namespace appliance::runtime

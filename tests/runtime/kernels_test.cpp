@@ -1,0 +1,131 @@
+// Kernels: exact half/bfloat16 conversions, and every ISA path against the
+// portable reference.
+#include "runtime/kernels/kernels.h"
+
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "runtime/sampler.h"
+
+namespace appliance::runtime {
+namespace {
+
+using kernels::Isa;
+
+TEST(Fp16, RoundTripsEveryHalf) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = kernels::Fp16ToFp32(static_cast<uint16_t>(h));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(kernels::Fp16ToFp32(kernels::Fp32ToFp16(f))));
+      continue;
+    }
+    EXPECT_EQ(kernels::Fp32ToFp16(f), h) << h;
+  }
+  EXPECT_EQ(kernels::Fp16ToFp32(0x3c00), 1.0f);
+  EXPECT_EQ(kernels::Fp16ToFp32(0xc000), -2.0f);
+  EXPECT_EQ(kernels::Fp16ToFp32(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
+  EXPECT_EQ(kernels::Fp16ToFp32(0x7c00), INFINITY);
+}
+
+TEST(Fp16, RoundsToNearestEven) {
+  // 1 + 2^-11 lies exactly between 1 and 1 + 2^-10: ties go to the even 1.0.
+  EXPECT_EQ(kernels::Fp32ToFp16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);
+  // 1 + 3 * 2^-11 lies between 1 + 2^-10 (odd) and 1 + 2^-9 (even).
+  EXPECT_EQ(kernels::Fp32ToFp16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);
+  EXPECT_EQ(kernels::Fp32ToFp16(70000.0f), 0x7c00);  // overflow to infinity
+  EXPECT_EQ(kernels::Fp32ToFp16(std::ldexp(1.0f, -26)), 0x0000);
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(kernels::Fp32ToBf16(1.0f), 0x3f80);
+  EXPECT_EQ(kernels::Bf16ToFp32(0x3f80), 1.0f);
+  EXPECT_EQ(kernels::Fp32ToBf16(std::bit_cast<float>(0x3f808000u)), 0x3f80);  // tie -> even
+  EXPECT_EQ(kernels::Fp32ToBf16(std::bit_cast<float>(0x3f818000u)), 0x3f82);  // tie -> even
+  EXPECT_EQ(kernels::Fp32ToBf16(std::bit_cast<float>(0x3f808001u)), 0x3f81);
+  EXPECT_TRUE(std::isnan(kernels::Bf16ToFp32(kernels::Fp32ToBf16(NAN))));
+}
+
+std::vector<float> RandomFloats(size_t n, uint64_t seed, float scale) {
+  Rng rng(seed);
+  std::vector<float> v(n);
+  for (float& x : v) x = static_cast<float>(rng.Uniform() * 2.0 - 1.0) * scale;
+  return v;
+}
+
+class KernelsTest : public ::testing::TestWithParam<TensorType> {};
+
+// Quantize -> dequantize stays within the type's precision, and the ISA paths
+// agree with the portable reference on conversion and dot products.
+TEST_P(KernelsTest, IsaPathsAgreeWithPortable) {
+  const TensorType type = GetParam();
+  const kernels::TypeKernels* ref = kernels::FindFor(type, Isa::kPortable);
+  ASSERT_NE(ref, nullptr);
+  const kernels::TypeKernels* vref = kernels::FindFor(ref->vec_dot_type, Isa::kPortable);
+  for (int64_t n : {32, 64, 256, 800}) {
+    const std::vector<float> w = RandomFloats(static_cast<size_t>(n), 1, 2.0f);
+    const std::vector<float> x = RandomFloats(static_cast<size_t>(n), 2, 1.0f);
+    std::vector<uint8_t> wq(kernels::RowBytes(type, n)), xq(kernels::RowBytes(ref->vec_dot_type, n));
+    ref->from_float(w.data(), wq.data(), n);
+    vref->from_float(x.data(), xq.data(), n);
+    std::vector<float> back(static_cast<size_t>(n));
+    ref->to_float(wq.data(), back.data(), n);
+    const double step = type == TensorType::kF32 ? 0 : type == TensorType::kF16 ? 1e-3 : type == TensorType::kBF16 ? 8e-3 : 2.0 / 127;
+    double exact = 0, mag = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_NEAR(back[static_cast<size_t>(i)], w[static_cast<size_t>(i)], step * 2.0 + 1e-7);
+      exact += static_cast<double>(back[static_cast<size_t>(i)]) * x[static_cast<size_t>(i)];
+      mag += std::fabs(static_cast<double>(back[static_cast<size_t>(i)]) * x[static_cast<size_t>(i)]);
+    }
+    const float dot_ref = ref->vec_dot(n, wq.data(), xq.data());
+    EXPECT_NEAR(dot_ref, exact, step * mag + 1e-4 * mag);
+    for (Isa isa : {Isa::kAvx2}) {
+      const kernels::TypeKernels* k = kernels::FindFor(type, isa);
+      if (k == nullptr) continue;  // CPU without this ISA
+      SCOPED_TRACE(kernels::IsaName(isa));
+      std::vector<float> back_isa(static_cast<size_t>(n));
+      k->to_float(wq.data(), back_isa.data(), n);
+      EXPECT_EQ(back_isa, back);  // dequantization is exact on every path
+      std::vector<uint8_t> xq_isa(xq.size());
+      kernels::FindFor(k->vec_dot_type, isa)->from_float(x.data(), xq_isa.data(), n);
+      EXPECT_EQ(xq_isa, xq);  // activation conversion too
+      EXPECT_NEAR(k->vec_dot(n, wq.data(), xq.data()), dot_ref, 1e-5 * mag);
+    }
+  }
+}
+
+std::string TypeName(const ::testing::TestParamInfo<TensorType>& param) { return TensorTypeName(param.param); }
+
+INSTANTIATE_TEST_SUITE_P(Types, KernelsTest,
+                         ::testing::Values(TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0),
+                         TypeName);
+
+TEST(Kernels, VecPrimitivesAgree) {
+  const std::vector<float> a = RandomFloats(77, 3, 1.0f), b = RandomFloats(77, 4, 1.0f);
+  const kernels::VecKernels* p = kernels::VecFor(Isa::kPortable);
+  double exact = 0;
+  for (size_t i = 0; i < a.size(); ++i) exact += static_cast<double>(a[i]) * b[i];
+  EXPECT_NEAR(p->dot_f32(77, a.data(), b.data()), exact, 1e-5);
+  if (const kernels::VecKernels* v = kernels::VecFor(Isa::kAvx2)) {
+    EXPECT_NEAR(v->dot_f32(77, a.data(), b.data()), exact, 1e-5);
+    std::vector<float> y1 = b, y2 = b;
+    p->axpy_f32(77, 0.5f, a.data(), y1.data());
+    v->axpy_f32(77, 0.5f, a.data(), y2.data());
+    for (size_t i = 0; i < y1.size(); ++i) EXPECT_NEAR(y1[i], y2[i], 1e-6);
+  }
+}
+
+TEST(Kernels, OnlySupportedTypesHaveKernels) {
+  EXPECT_NE(kernels::Find(TensorType::kF32), nullptr);
+  EXPECT_NE(kernels::Find(TensorType::kQ8_0), nullptr);
+  EXPECT_EQ(kernels::Find(TensorType::kQ4_K), nullptr);
+  EXPECT_EQ(kernels::Find(TensorType::kQ4_0), nullptr);
+  EXPECT_EQ(kernels::RowBytes(TensorType::kQ8_0, 64), 68u);
+  EXPECT_EQ(kernels::RowBytes(TensorType::kQ6_K, 256), 210u);
+}
+
+}  // namespace
+}  // namespace appliance::runtime

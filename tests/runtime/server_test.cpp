@@ -1,0 +1,239 @@
+// The job server over a socketpair: a real generate job on stories260K, bad
+// requests answered with errors while serving continues, shutdown, EOF.
+#include "runtime/server.h"
+
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <future>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "base/fd.h"
+#include "runtime/generate.h"
+#include "runtime/model.h"
+#include "tests/runtime/test_util.h"
+#include "tests/runtime/tiny_model.h"
+
+namespace appliance::runtime {
+namespace {
+
+using ::testing::HasSubstr;
+using Json = nlohmann::json;
+
+// The client end of the channel: line-buffered reads with a timeout so a
+// broken server fails the test instead of hanging it.
+class Client {
+ public:
+  explicit Client(int fd) : fd_(fd) {}
+
+  void Send(std::string_view s) { ASSERT_TRUE(WriteAll(fd_, s).ok()); }
+
+  Json Next() {
+    for (;;) {
+      const size_t nl = buf_.find('\n');
+      if (nl != std::string::npos) {
+        const std::string line = buf_.substr(0, nl);
+        buf_.erase(0, nl + 1);
+        return Json::parse(line);
+      }
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 60000) != 1) return Json{{"event", "timeout"}};
+      char tmp[4096];
+      const ssize_t n = ::read(fd_, tmp, sizeof tmp);
+      if (n <= 0) return Json{{"event", "closed"}};
+      buf_.append(tmp, static_cast<size_t>(n));
+    }
+  }
+
+ private:
+  int fd_;
+  std::string buf_;
+};
+
+struct Reference {
+  std::vector<int32_t> prompt_tokens, greedy;
+  std::string prompt, greedy_text;
+};
+
+Reference LoadReference() {
+  const auto j = Json::parse(testing::ReadText(testing::SharedPath("reference/stories260K.shared1.json")));
+  return {j["prompt_tokens"].get<std::vector<int32_t>>(), j["greedy"].get<std::vector<int32_t>>(),
+          j["prompt"].get<std::string>(), j["greedy_text"].get<std::string>()};
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto m = Model::LoadPath(testing::ModelPath("stories260K.gguf"));
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    model_ = std::move(*m);
+    ContextOptions o;
+    o.n_threads = 2;
+    auto c = Context::Create(*model_, o);
+    ASSERT_TRUE(c.ok());
+    ctx_ = std::move(*c);
+    int sv[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    server_fd_.reset(sv[0]);
+    client_fd_.reset(sv[1]);
+    result_ = std::async(std::launch::async, [this] { return Serve(*ctx_, server_fd_.get()); });
+  }
+
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Context> ctx_;
+  UniqueFd server_fd_, client_fd_;
+  std::future<Status> result_;
+};
+
+TEST_F(ServerTest, ServesJobsAndSurvivesBadRequests) {
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next(), Json::parse(R"({"event":"ready","model":"llama","n_vocab":512})"));
+
+  c.Send("this is not json\n");
+  EXPECT_EQ(c.Next(), Json::parse(R"({"id":null,"event":"error","error":"malformed request: not valid JSON"})"));
+  c.Send(std::string(70000, 'x') + "\n");
+  EXPECT_EQ(c.Next(), Json::parse(R"({"id":null,"event":"error","error":"request line exceeds 65536 bytes"})"));
+  c.Send(R"({"id":"u","op":"dance"})" "\n");
+  EXPECT_EQ(c.Next(), Json::parse(R"({"id":"u","event":"error","error":"unknown op 'dance'"})"));
+  c.Send(R"({"id":"m","op":"generate","prompt":"x","max_tokens":5000})" "\n");
+  EXPECT_EQ(c.Next()["error"], "field 'max_tokens' must be in [1, 2048] (the context size)");
+  c.Send(R"({"id":"big","op":"generate","prompt":"Once upon a time","max_tokens":2047})" "\n");
+  const Json too_long = c.Next();
+  EXPECT_EQ(too_long["event"], "error");
+  EXPECT_EQ(too_long["id"], "big");
+  EXPECT_EQ(too_long["error"], "prompt (5 tokens) + max_tokens (2047) exceeds the context size 2048");
+
+  // The real job: greedy on stories260K must reproduce llama.cpp's 48 tokens.
+  const Reference ref = LoadReference();
+  Json job = {{"id", "j1"}, {"op", "generate"}, {"prompt", ref.prompt}, {"max_tokens", 48}, {"temperature", 0}};
+  c.Send(job.dump() + "\n");
+  std::vector<int32_t> streamed;
+  std::string streamed_text;
+  Json ev;
+  while ((ev = c.Next())["event"] == "token") {
+    EXPECT_EQ(ev["id"], "j1");
+    streamed.push_back(ev["token"].get<int32_t>());
+    streamed_text += ev["text"].get<std::string>();
+  }
+  ASSERT_EQ(ev["event"], "done") << ev.dump();
+  EXPECT_EQ(ev["id"], "j1");
+  EXPECT_EQ(ev["tokens"].get<std::vector<int32_t>>(), ref.greedy);
+  EXPECT_EQ(streamed, ref.greedy);
+  EXPECT_EQ(ev["text"], ref.greedy_text);
+  EXPECT_EQ(streamed_text, ref.greedy_text);
+  EXPECT_EQ(ev["n_prompt_tokens"], 5);
+  EXPECT_EQ(ev["n_tokens"], 48);
+  EXPECT_EQ(ev["stop"], "length");
+  EXPECT_GT(ev["timings"]["tokens_per_s"].get<double>(), 0.0);
+
+  // Pipelined: a job and the shutdown in one write; the job completes first.
+  c.Send(R"({"id":"j2","op":"generate","prompt":"The cat","max_tokens":3,"temperature":0.8,"seed":7})"
+         "\n"
+         R"({"op":"shutdown"})"
+         "\n");
+  int tokens = 0;
+  while ((ev = c.Next())["event"] == "token") ++tokens;
+  EXPECT_EQ(ev["event"], "done");
+  EXPECT_EQ(ev["id"], "j2");
+  EXPECT_EQ(tokens, ev["n_tokens"].get<int>());
+  EXPECT_EQ(c.Next(), Json::parse(R"({"event":"shutdown"})"));
+  const Status s = result_.get();
+  EXPECT_TRUE(s.ok()) << s.message();
+}
+
+TEST_F(ServerTest, EofWithoutShutdownIsAnError) {
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  c.Send(R"({"op":"shut)");  // half a request, then the peer goes away
+  client_fd_.reset();
+  const Status s = result_.get();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "channel closed (EOF) without a shutdown request after 0 jobs");
+}
+
+TEST_F(ServerTest, PeerGoneMidJobEndsTheServer) {
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  c.Send(R"({"id":"j","op":"generate","prompt":"Once","max_tokens":2000})" "\n");
+  EXPECT_EQ(c.Next()["event"], "token");
+  client_fd_.reset();  // token events now fail with EPIPE (SIGPIPE is ignored)
+  const Status s = result_.get();
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(s.message(), HasSubstr("write channel"));
+}
+
+TEST(WriteAll, HandlesPartialWritesOnANonBlockingFd) {
+  int sv[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd writer(sv[0]), reader(sv[1]);
+  int small = 4096;
+  ASSERT_EQ(::setsockopt(writer.get(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small), 0);
+  ASSERT_EQ(::fcntl(writer.get(), F_SETFL, O_NONBLOCK), 0);
+  std::string data(1 << 20, '\0');
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 7 + i / 251);
+  std::string received;
+  std::thread t([&] {
+    char buf[1000];
+    while (received.size() < data.size()) {
+      const ssize_t n = ::read(reader.get(), buf, sizeof buf);
+      if (n <= 0) break;
+      received.append(buf, static_cast<size_t>(n));
+    }
+  });
+  const Status s = WriteAll(writer.get(), data);
+  t.join();
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(received == data);
+}
+
+std::unique_ptr<Model> LoadTiny(const testing::TinyOptions& o) {
+  const auto bytes = testing::BuildTinyLlama(o);
+  UniqueFd fd(::memfd_create("tiny", MFD_CLOEXEC));
+  EXPECT_EQ(::write(fd.get(), bytes.data(), bytes.size()), static_cast<ssize_t>(bytes.size()));
+  auto file = MappedFile::FromFd(fd.get(), "tiny");
+  EXPECT_TRUE(file.ok());
+  auto m = Model::Load(std::move(*file), "tiny");
+  EXPECT_TRUE(m.ok()) << m.status().message();
+  return m.ok() ? std::move(*m) : nullptr;
+}
+
+// With every logit 0 greedy picks token 0; declaring 0 the EOS token makes
+// generation end at once with stop "eos".
+TEST(Generate, StopsAtEndOfGeneration) {
+  testing::TinyOptions o;
+  o.zero_output = true;
+  o.extra_u32["tokenizer.ggml.eos_token_id"] = 0;
+  auto m = LoadTiny(o);
+  ASSERT_NE(m, nullptr);
+  auto ctx = Context::Create(*m, {});
+  ASSERT_TRUE(ctx.ok());
+  GenerateParams p;
+  p.max_tokens = 10;
+  int calls = 0;
+  auto r = Generate(**ctx, "hi", p, [&](int32_t, std::string_view) {
+    ++calls;
+    return Status::Ok();
+  });
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_TRUE(r->stopped_by_eos);
+  EXPECT_TRUE(r->tokens.empty());
+  EXPECT_EQ(calls, 0);
+  // A callback error stops generation and is returned.
+  testing::TinyOptions plain;
+  auto m2 = LoadTiny(plain);
+  ASSERT_NE(m2, nullptr);
+  auto ctx2 = Context::Create(*m2, {});
+  ASSERT_TRUE(ctx2.ok());
+  auto r2 = Generate(**ctx2, "hi", p, [](int32_t, std::string_view) { return Status::Error("client gone"); });
+  ASSERT_FALSE(r2.ok());
+  EXPECT_EQ(r2.status().message(), "client gone");
+}
+
+}  // namespace
+}  // namespace appliance::runtime
