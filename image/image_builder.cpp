@@ -15,6 +15,7 @@
 #include "base/mapped_file.h"
 #include "image/cpio_writer.h"
 #include "image/file_util.h"
+#include "image/kernel_modules.h"
 #include "image/runtime_config.h"
 #include "image/shared_libs.h"
 #include "manifests/crypto.h"
@@ -190,9 +191,21 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
     files.push_back(std::move(f).value());
   }
 
+  // Kernel modules (and what they depend on), in load order.
+  std::vector<std::string> module_paths;
+  {
+    ASSIGN_OR_RETURN(std::vector<ModuleFile> modules, ResolveModules(o.kernel_dir, o.modules));
+    for (const ModuleFile& m : modules) {
+      StatusOr<ImageFile> f = MapHostFile(m.host_path, m.image_path, "module", 0444);
+      if (!f.ok()) return f.status().Context("kernel module " + m.name);
+      files.push_back(std::move(f).value());
+      module_paths.push_back(m.image_path);
+    }
+  }
+
   // The runtime configuration.
   {
-    ASSIGN_OR_RETURN(RuntimeConfig config, StandardRuntimeConfig(o.threads));
+    ASSIGN_OR_RETURN(RuntimeConfig config, StandardRuntimeConfig(o.threads, module_paths));
     ImageFile f;
     f.path = kRuntimeConfigPath;
     f.role = "config";
@@ -285,6 +298,7 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
   report.initramfs_bytes = static_cast<uint64_t>(ist.st_size);
   report.files = files.size();
   report.libraries = libraries;
+  report.modules = module_paths.size();
   report.key_id = key_id;
   report.manifest_sha256 = mf::ToHex(mf::Sha256(AsBytes(manifest_bytes)));
   return report;

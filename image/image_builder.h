@@ -30,6 +30,7 @@ struct BuildOptions {
   std::string release;     // product release, e.g. "0.1.0"
   uint64_t manifest_version = 1;
   unsigned threads = 2;    // runtime --threads
+  std::vector<std::string> modules;  // kernel module names to pack (plus their dependencies)
   int64_t created = 0;     // SOURCE_DATE_EPOCH: manifest "created" and every mtime
 };
 
@@ -38,6 +39,7 @@ struct BuildReport {
   uint64_t initramfs_bytes = 0;
   size_t files = 0;       // files listed in the manifest
   size_t libraries = 0;   // of which shared libraries (loader included)
+  size_t modules = 0;     // of which kernel modules
   std::string key_id;     // id of the signing key's public half
   std::string manifest_sha256;
 };

@@ -35,10 +35,11 @@ int RunBuild(img::BuildOptions options) {
   if (!report.ok()) return Fail(report.status().Context("build"));
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr,
-               "wrote %s: %llu bytes, %zu files (%zu shared libraries), level %s, manifest version %llu\n"
+               "wrote %s: %llu bytes, %zu files (%zu shared libraries, %zu kernel modules), level %s, "
+               "manifest version %llu\n"
                "manifest sha256 %s, signed by key %s; %.2f s\n",
                report->initramfs.c_str(), static_cast<unsigned long long>(report->initramfs_bytes), report->files,
-               report->libraries, options.level.c_str(), static_cast<unsigned long long>(options.manifest_version),
+               report->libraries, report->modules, options.level.c_str(), static_cast<unsigned long long>(options.manifest_version),
                report->manifest_sha256.c_str(), report->key_id.c_str(), secs);
   return 0;
 }
@@ -66,6 +67,10 @@ int main(int argc, char** argv) {
   b->add_option("--manifest-version", build.manifest_version, "manifest_version (rollback counter)")
       ->capture_default_str()
       ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 53));
+  b->add_option("--module", "kernel module to pack and have init load (repeatable; dependencies are added, built-ins skipped)")
+      ->type_name("NAME")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->each([&build](const std::string& name) { build.modules.push_back(name); });
   b->add_option("--threads", build.threads, "runtime threads (runtime.json)")
       ->capture_default_str()
       ->check(CLI::Range(1u, img::kMaxRuntimeThreads));

@@ -4,7 +4,7 @@
 
 namespace appliance::image {
 
-StatusOr<RuntimeConfig> StandardRuntimeConfig(unsigned threads) {
+StatusOr<RuntimeConfig> StandardRuntimeConfig(unsigned threads, std::vector<std::string> modules) {
   if (threads < 1 || threads > kMaxRuntimeThreads) {
     return Status::Error("runtime threads must be in [1, " + std::to_string(kMaxRuntimeThreads) + "], got " +
                          std::to_string(threads));
@@ -14,6 +14,7 @@ StatusOr<RuntimeConfig> StandardRuntimeConfig(unsigned threads) {
   c.channel = kChannelDevice;
   c.executable = kRuntimePath;
   c.model = kModelPath;
+  c.modules = std::move(modules);
   return c;
 }
 
@@ -31,8 +32,16 @@ std::string RenderRuntimeConfig(const RuntimeConfig& config) {
   out += "],\n";
   out += "  \"channel\": " + quote(config.channel) + ",\n";
   out += "  \"executable\": " + quote(config.executable) + ",\n";
-  out += "  \"model\": " + quote(config.model) + "\n";
-  out += "}\n";
+  out += "  \"model\": " + quote(config.model);
+  if (!config.modules.empty()) {
+    out += ",\n  \"modules\": [";
+    for (size_t i = 0; i < config.modules.size(); ++i) {
+      if (i > 0) out += ", ";
+      out += quote(config.modules[i]);
+    }
+    out += "]";
+  }
+  out += "\n}\n";
   return out;
 }
 

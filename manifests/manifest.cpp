@@ -32,9 +32,9 @@ constexpr uint64_t kMaxFileSize = static_cast<uint64_t>(std::numeric_limits<int6
 // Permission bits only: set-id and sticky bits have no business in a sealed image.
 constexpr uint32_t kMaxMode = 0777;
 
-const std::set<std::string, std::less<>> kTopKeys = {"created",  "files",   "format",  "format_version",
-                                                     "integrity_level", "kernel_cmdline", "manifest_version",
-                                                     "product",  "release"};
+const std::set<std::string, std::less<>> kTopKeys = {"created",         "files",          "format",
+                                                     "format_version",  "integrity_level", "kernel_cmdline",
+                                                     "manifest_version", "product",        "release"};
 const std::set<std::string, std::less<>> kFileKeys = {"mode", "path", "role", "sha256", "size"};
 
 std::string Printable(std::string_view s, size_t max_chars = 80) { return EscapeForMessage(s, max_chars); }

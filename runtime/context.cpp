@@ -4,10 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
-#include <limits>
 #include <new>
 
+#include "runtime/blas.h"
 #include "runtime/kernels/kernels.h"
 
 namespace appliance::runtime {
@@ -25,24 +24,6 @@ constexpr int64_t kQueryBlock = 64;
 constexpr int64_t kMinParallelWork = 1 << 15;
 
 bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
-
-// Softmax over s[0, n) of s * scale, the way ggml's soft_max does it: scale,
-// subtract the max, exponentiate, sum in double, multiply by 1/sum.
-void SoftmaxRow(float* s, int64_t n, float scale) {
-  float max = -std::numeric_limits<float>::infinity();
-  for (int64_t t = 0; t < n; ++t) {
-    s[t] *= scale;
-    max = std::max(max, s[t]);
-  }
-  double sum = 0;
-  for (int64_t t = 0; t < n; ++t) {
-    const float e = std::exp(s[t] - max);
-    s[t] = e;
-    sum += e;
-  }
-  const float inv = static_cast<float>(1.0 / sum);
-  for (int64_t t = 0; t < n; ++t) s[t] *= inv;
-}
 
 }  // namespace
 
@@ -66,9 +47,7 @@ StatusOr<std::unique_ptr<Context>> Context::Create(const Model& model, const Con
   if (options.max_batch < 1 || options.max_batch > 8192) {
     return Status::Error("batch size " + std::to_string(options.max_batch) + " is outside [1, 8192]");
   }
-  // BLAS runs inside our own pool's tasks (one panel each), so OpenBLAS must
-  // not start threads of its own on top of them.
-  openblas_set_num_threads(1);
+  ConfigureBlas();  // before the pool's threads start and before any GEMM
   std::unique_ptr<Context> ctx(new Context(model, n_ctx, options.n_threads, std::min(options.max_batch, n_ctx)));
   RETURN_IF_ERROR(ctx->Allocate());
   return ctx;
@@ -91,8 +70,6 @@ Status Context::Allocate() {
     x_.assign(B * static_cast<size_t>(c.n_embd), 0.0f);
     xn_.assign(B * static_cast<size_t>(c.n_embd), 0.0f);
     q_.assign(B * static_cast<size_t>(c.q_dim()), 0.0f);
-    k_.assign(B * static_cast<size_t>(c.kv_dim()), 0.0f);
-    v_.assign(B * static_cast<size_t>(c.kv_dim()), 0.0f);
     att_.assign(B * static_cast<size_t>(c.q_dim()), 0.0f);
     gate_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
     up_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
@@ -266,11 +243,11 @@ void Context::Attention(int64_t layer, int64_t n, int64_t pos0) {
       const int64_t g = h / group;
       const float* q = q_.data() + h * hd;
       float* s = scores_[static_cast<size_t>(thread)].data();
-      for (int64_t t = 0; t < len; ++t) s[t] = vec.dot_f32(hd, q, kc + t * kv_dim + g * hd);
-      SoftmaxRow(s, len, scale);
+      vec.dot_rows_f32(hd, q, kc + g * hd, kv_dim, len, s);
+      vec.softmax_f32(len, s, scale);
       float* out = att_.data() + h * hd;
       std::fill(out, out + hd, 0.0f);
-      for (int64_t t = 0; t < len; ++t) vec.axpy_f32(hd, s[t], vc + t * kv_dim + g * hd, out);
+      vec.axpy_rows_f32(hd, s, vc + g * hd, kv_dim, len, out);
     };
     if (len * hd * n_head > kMinParallelWork) {
       pool_.For(n_head, task);
@@ -296,7 +273,7 @@ void Context::Attention(int64_t layer, int64_t n, int64_t pos0) {
     for (int64_t r = 0; r < m; ++r) {
       float* row = s + r * len;
       const int64_t visible = pos0 + i0 + r + 1;
-      SoftmaxRow(row, visible, scale);
+      vec.softmax_f32(visible, row, scale);
       std::fill(row + visible, row + len, 0.0f);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(hd),
@@ -338,14 +315,13 @@ void Context::Forward(const int32_t* tokens, int64_t n, bool all_logits, float* 
     const LayerWeights& L = W.layers[static_cast<size_t>(l)];
     RmsNorm(x_.data(), L.attn_norm, n, xn_.data());
     MatMul(L.wq, xn_.data(), n, q_.data());
-    MatMul(L.wk, xn_.data(), n, k_.data());
-    MatMul(L.wv, xn_.data(), n, v_.data());
-    Rope(q_.data(), n, c.n_head);
-    Rope(k_.data(), n, c.n_head_kv);
+    // K and V rows go straight into the cache: its layout is [pos][kv_dim].
     float* kc = k_cache_.data() + (l * n_ctx_ + pos0) * kv_dim;
     float* vc = v_cache_.data() + (l * n_ctx_ + pos0) * kv_dim;
-    std::memcpy(kc, k_.data(), static_cast<size_t>(n * kv_dim) * sizeof(float));
-    std::memcpy(vc, v_.data(), static_cast<size_t>(n * kv_dim) * sizeof(float));
+    MatMul(L.wk, xn_.data(), n, kc);
+    MatMul(L.wv, xn_.data(), n, vc);
+    Rope(q_.data(), n, c.n_head);
+    Rope(kc, n, c.n_head_kv);
     Attention(l, n, pos0);
     MatMul(L.wo, att_.data(), n, xn_.data());
     for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];

@@ -79,7 +79,7 @@ class Context {
   // KV cache: [n_layer][n_ctx][kv_dim] each.
   std::vector<float> k_cache_, v_cache_;
   // Activations for up to max_batch_ tokens, row-major [token][feature].
-  std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_;
+  std::vector<float> x_, xn_, q_, att_, gate_, up_;
   std::vector<float> rope_cache_;  // [max_batch][n_rot]: cos, sin pairs
   // Activations converted to a weight's vec_dot_type (decode), and rounded
   // back to float (batched path): sized for the widest row and type.

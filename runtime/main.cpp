@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "base/mapped_file.h"
+#include "runtime/blas.h"
 #include "runtime/context.h"
 #include "runtime/generate.h"
 #include "runtime/gguf.h"
@@ -248,7 +249,7 @@ int RunServe(const ServeArgs& a) {
   Log("model '" + (*model)->name() + "': " + std::to_string(c.n_layer) + " layers, dim " + std::to_string(c.n_embd) +
       ", " + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) + " heads, vocab " +
       std::to_string(c.n_vocab) + ", context " + std::to_string((*ctx)->n_ctx()) + "; " + std::to_string(a.threads) +
-      " threads, " + kernels::IsaName(kernels::ActiveIsa()) + " kernels");
+      " threads, " + kernels::IsaName(kernels::ActiveIsa()) + " kernels, OpenBLAS " + BlasCoreName());
   Status s = Serve(**ctx, a.channel_fd);
   if (!s.ok()) return fail(s);
   return 0;

@@ -167,6 +167,8 @@ Status Tokenizer::Impl::EncodeFragment(std::string_view fragment, bool space_pre
     for (size_t j = 0; j < sym.n; ++j) {
       const uint8_t byte = static_cast<uint8_t>(sym.text[j]);
       const int32_t bt = byte_token[byte];
+      // FromGguf maps every byte to a byte token or <unk> (whose id defaults
+      // to 0 as in llama.cpp), so this is a guard, not an expected path.
       if (bt == kNoToken) {
         return Status::Error("tokenizer: byte 0x" + std::string(1, "0123456789ABCDEF"[byte >> 4]) +
                              std::string(1, "0123456789ABCDEF"[byte & 15]) +

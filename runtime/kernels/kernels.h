@@ -30,10 +30,18 @@ struct TypeKernels {
   float (*vec_dot)(int64_t n, const void* w, const void* x);
 };
 
-// Float vector primitives used by the forward pass.
+// Float vector primitives used by the forward pass (attention).
 struct VecKernels {
   float (*dot_f32)(int64_t n, const float* a, const float* b);
-  void (*axpy_f32)(int64_t n, float a, const float* x, float* y);  // y += a * x
+  // out[t] = dot(q, k + t * stride) for t in [0, count): attention scores
+  // of one query against `count` cached keys.
+  void (*dot_rows_f32)(int64_t n, const float* q, const float* k, int64_t stride, int64_t count, float* out);
+  // out[i] += sum_t p[t] * v[t * stride + i]: the probability-weighted sum of
+  // `count` cached values.
+  void (*axpy_rows_f32)(int64_t n, const float* p, const float* v, int64_t stride, int64_t count, float* out);
+  // In place: x = softmax(x * scale), as ggml computes it: scale, subtract
+  // the max, exponentiate, sum in double, multiply by 1/sum.
+  void (*softmax_f32)(int64_t n, float* x, float scale);
 };
 
 enum class Isa { kPortable, kAvx2 };

@@ -5,6 +5,7 @@
 // dispatcher only hands these out after CPUID said yes.
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 #include "runtime/kernels/internal.h"
@@ -156,13 +157,97 @@ APPLIANCE_AVX2 float Q8Dot(int64_t n, const void* w, const void* x) {
 
 APPLIANCE_AVX2 float VecDot(int64_t n, const float* a, const float* b) { return F32Dot(n, a, b); }
 
-APPLIANCE_AVX2 void VecAxpy(int64_t n, float s, const float* x, float* y) {
-  const __m256 vs = _mm256_set1_ps(s);
+APPLIANCE_AVX2 void DotRows(int64_t n, const float* q, const float* k, int64_t stride, int64_t count, float* out) {
+  if (n == 8) {  // small heads (stories260K): one multiply and a horizontal sum per key
+    const __m256 vq = _mm256_loadu_ps(q);
+    for (int64_t t = 0; t < count; ++t) out[t] = Hsum(_mm256_mul_ps(vq, _mm256_loadu_ps(k + t * stride)));
+    return;
+  }
+  for (int64_t t = 0; t < count; ++t) out[t] = F32Dot(n, q, k + t * stride);
+}
+
+// Columns in blocks of 8 kept in a register while the rows stream past.
+APPLIANCE_AVX2 void AxpyRows(int64_t n, const float* p, const float* v, int64_t stride, int64_t count, float* out) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vs, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    __m256 acc = _mm256_loadu_ps(out + i);
+    for (int64_t t = 0; t < count; ++t) {
+      acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(v + t * stride + i), acc);
+    }
+    _mm256_storeu_ps(out + i, acc);
   }
-  for (; i < n; ++i) y[i] += s * x[i];
+  for (; i < n; ++i) {
+    float acc = out[i];
+    for (int64_t t = 0; t < count; ++t) acc += p[t] * v[t * stride + i];
+    out[i] = acc;
+  }
+}
+
+// e^x for x <= 0 (softmax arguments after subtracting the max), within ~2 ulp
+// of expf: x = k ln2 + r with |r| <= ln2/2 (ln2 split in two for exactness),
+// e^r by the classic Cephes degree-6 polynomial, 2^k through the exponent
+// bits. Below -87.3 the result would be subnormal; it is flushed to 0.
+APPLIANCE_AVX2 inline __m256 ExpNonPositive(__m256 x) {
+  const __m256 min_arg = _mm256_set1_ps(-87.3f);
+  const __m256 underflow = _mm256_cmp_ps(x, min_arg, _CMP_LT_OQ);
+  x = _mm256_max_ps(x, min_arg);
+  const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 poly = _mm256_set1_ps(1.9875691500e-4f);
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.3981999507e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(8.3334519073e-3f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(4.1665795894e-2f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.6666665459e-1f));
+  poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 r2 = _mm256_mul_ps(r, r);
+  const __m256 er = _mm256_add_ps(_mm256_fmadd_ps(poly, r2, r), _mm256_set1_ps(1.0f));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+  const __m256 result = _mm256_mul_ps(er, _mm256_castsi256_ps(bits));
+  return _mm256_andnot_ps(underflow, result);
+}
+
+APPLIANCE_AVX2 void Softmax(int64_t n, float* x, float scale) {
+  const __m256 vs = _mm256_set1_ps(scale);
+  __m256 vmax = _mm256_set1_ps(-INFINITY);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
+    _mm256_storeu_ps(x + i, v);
+    vmax = _mm256_max_ps(vmax, v);
+  }
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  float max = _mm_cvtss_f32(m4);
+  for (; i < n; ++i) {
+    x[i] *= scale;
+    max = x[i] > max ? x[i] : max;
+  }
+  const __m256 vm = _mm256_set1_ps(max);
+  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
+  i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = ExpNonPositive(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+    _mm256_storeu_ps(x + i, e);
+    sum_lo = _mm256_add_pd(sum_lo, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+    sum_hi = _mm256_add_pd(sum_hi, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+  }
+  double lanes[4];
+  _mm256_storeu_pd(lanes, _mm256_add_pd(sum_lo, sum_hi));
+  double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  for (; i < n; ++i) {
+    float tail[8] = {x[i] - max, 0, 0, 0, 0, 0, 0, 0};
+    _mm256_storeu_ps(tail, ExpNonPositive(_mm256_loadu_ps(tail)));
+    x[i] = tail[0];
+    sum += tail[0];
+  }
+  const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
+  i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+  const float inv1 = static_cast<float>(1.0 / sum);
+  for (; i < n; ++i) x[i] *= inv1;
 }
 
 }  // namespace
@@ -187,7 +272,7 @@ const TypeKernels* Avx2Kernels(TensorType type) {
 }
 
 const VecKernels* Avx2Vec() {
-  static const VecKernels kVec = {VecDot, VecAxpy};
+  static const VecKernels kVec = {VecDot, DotRows, AxpyRows, Softmax};
   return &kVec;
 }
 

@@ -121,10 +121,35 @@ const TypeKernels kBf16 = {TensorType::kBF16, TensorType::kBF16, Bf16ToFloat, Bf
 const TypeKernels kQ8 = {TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat, Q8FromFloat, Q8Dot};
 
 float VecDot(int64_t n, const float* a, const float* b) { return F32Dot(n, a, b); }
-void VecAxpy(int64_t n, float s, const float* x, float* y) {
-  for (int64_t i = 0; i < n; ++i) y[i] += s * x[i];
+
+void DotRows(int64_t n, const float* q, const float* k, int64_t stride, int64_t count, float* out) {
+  for (int64_t t = 0; t < count; ++t) out[t] = F32Dot(n, q, k + t * stride);
 }
-const VecKernels kVec = {VecDot, VecAxpy};
+
+void AxpyRows(int64_t n, const float* p, const float* v, int64_t stride, int64_t count, float* out) {
+  for (int64_t t = 0; t < count; ++t) {
+    const float* vt = v + t * stride;
+    for (int64_t i = 0; i < n; ++i) out[i] += p[t] * vt[i];
+  }
+}
+
+void Softmax(int64_t n, float* x, float scale) {
+  float max = -INFINITY;
+  for (int64_t t = 0; t < n; ++t) {
+    x[t] *= scale;
+    max = std::fmax(max, x[t]);
+  }
+  double sum = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    const float e = std::exp(x[t] - max);
+    x[t] = e;
+    sum += e;
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t t = 0; t < n; ++t) x[t] *= inv;
+}
+
+const VecKernels kVec = {VecDot, DotRows, AxpyRows, Softmax};
 
 }  // namespace
 

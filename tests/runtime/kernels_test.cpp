@@ -6,9 +6,12 @@
 
 #include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
+#include "runtime/blas.h"
 #include "runtime/sampler.h"
 
 namespace appliance::runtime {
@@ -104,18 +107,71 @@ INSTANTIATE_TEST_SUITE_P(Types, KernelsTest,
                          TypeName);
 
 TEST(Kernels, VecPrimitivesAgree) {
-  const std::vector<float> a = RandomFloats(77, 3, 1.0f), b = RandomFloats(77, 4, 1.0f);
   const kernels::VecKernels* p = kernels::VecFor(Isa::kPortable);
-  double exact = 0;
-  for (size_t i = 0; i < a.size(); ++i) exact += static_cast<double>(a[i]) * b[i];
-  EXPECT_NEAR(p->dot_f32(77, a.data(), b.data()), exact, 1e-5);
-  if (const kernels::VecKernels* v = kernels::VecFor(Isa::kAvx2)) {
-    EXPECT_NEAR(v->dot_f32(77, a.data(), b.data()), exact, 1e-5);
-    std::vector<float> y1 = b, y2 = b;
-    p->axpy_f32(77, 0.5f, a.data(), y1.data());
-    v->axpy_f32(77, 0.5f, a.data(), y2.data());
-    for (size_t i = 0; i < y1.size(); ++i) EXPECT_NEAR(y1[i], y2[i], 1e-6);
+  const kernels::VecKernels* v = kernels::VecFor(Isa::kAvx2);
+  for (int64_t n : {8, 13, 64}) {
+    SCOPED_TRACE(n);
+    const int64_t count = 37, stride = n + 5;
+    const std::vector<float> q = RandomFloats(static_cast<size_t>(n), 3, 1.0f);
+    const std::vector<float> k = RandomFloats(static_cast<size_t>(count * stride), 4, 1.0f);
+    const std::vector<float> probs = RandomFloats(static_cast<size_t>(count), 5, 1.0f);
+    // Exact references in double.
+    std::vector<double> dots(static_cast<size_t>(count)), acc(static_cast<size_t>(n), 0.25);
+    for (int64_t t = 0; t < count; ++t) {
+      for (int64_t i = 0; i < n; ++i) {
+        dots[static_cast<size_t>(t)] += static_cast<double>(q[static_cast<size_t>(i)]) * k[static_cast<size_t>(t * stride + i)];
+        acc[static_cast<size_t>(i)] += static_cast<double>(probs[static_cast<size_t>(t)]) * k[static_cast<size_t>(t * stride + i)];
+      }
+    }
+    for (const kernels::VecKernels* impl : {p, v}) {
+      if (impl == nullptr) continue;
+      EXPECT_NEAR(impl->dot_f32(n, q.data(), k.data()), dots[0], 1e-5);
+      std::vector<float> out(static_cast<size_t>(count));
+      impl->dot_rows_f32(n, q.data(), k.data(), stride, count, out.data());
+      for (int64_t t = 0; t < count; ++t) EXPECT_NEAR(out[static_cast<size_t>(t)], dots[static_cast<size_t>(t)], 1e-5);
+      std::vector<float> y(static_cast<size_t>(n), 0.25f);
+      impl->axpy_rows_f32(n, probs.data(), k.data(), stride, count, y.data());
+      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y[static_cast<size_t>(i)], acc[static_cast<size_t>(i)], 1e-5);
+    }
   }
+}
+
+// Softmax against a double-precision reference, including inputs whose
+// exponentials underflow, for lengths that exercise the vector tails.
+TEST(Kernels, SoftmaxMatchesReference) {
+  for (int64_t n : {1, 7, 8, 9, 100}) {
+    std::vector<float> x = RandomFloats(static_cast<size_t>(n), static_cast<uint64_t>(n), 30.0f);
+    if (n > 2) x[1] = -1e4f;  // exp underflows to 0
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2}) {
+      const kernels::VecKernels* impl = kernels::VecFor(isa);
+      if (impl == nullptr) continue;
+      SCOPED_TRACE(std::string(kernels::IsaName(isa)) + " n=" + std::to_string(n));
+      std::vector<float> y = x;
+      impl->softmax_f32(n, y.data(), 0.5f);
+      double max = -1e300, sum = 0;
+      for (float v : x) max = std::max(max, 0.5 * v);
+      for (float v : x) sum += std::exp(0.5 * v - max);
+      double total = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const double want = std::exp(0.5 * x[static_cast<size_t>(i)] - max) / sum;
+        EXPECT_NEAR(y[static_cast<size_t>(i)], want, 1e-6 + 1e-6 * want);
+        total += y[static_cast<size_t>(i)];
+      }
+      EXPECT_NEAR(total, 1.0, 1e-5);
+    }
+  }
+}
+
+// OpenBLAS must not run its SSE3 fallback on a CPU with AVX2 (runtime/blas.h).
+TEST(Blas, UsesVectorKernelsWhereTheCpuHasThem) {
+  ConfigureBlas();
+  if (kernels::ActiveIsa() != Isa::kAvx2 || std::getenv("OPENBLAS_CORETYPE") != nullptr) {
+    GTEST_SKIP() << "no AVX2, or the core type was forced";
+  }
+  const std::string core = BlasCoreName();
+  EXPECT_TRUE(core == "Haswell" || core == "SkylakeX" || core == "Cooperlake" || core == "SapphireRapids" ||
+              core == "Zen")
+      << core;
 }
 
 TEST(Kernels, OnlySupportedTypesHaveKernels) {

@@ -1,0 +1,54 @@
+// Decoding a token must not allocate: this binary replaces the global
+// operator new/delete with counting versions (its own executable, so no other
+// test is affected) and counts allocations around single-token Eval() calls.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "runtime/context.h"
+#include "runtime/model.h"
+#include "tests/runtime/test_util.h"
+
+namespace {
+std::atomic<long> g_allocations{0};
+}  // namespace
+
+void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) { return operator new(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace appliance::runtime {
+namespace {
+
+TEST(Decode, AllocatesNothingPerToken) {
+  for (const char* name : {"stories260K.gguf", "synth-d256-f16.gguf", "synth-d256-q8_0.gguf"}) {
+    auto m = Model::LoadPath(testing::ModelPath(name));
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    for (int threads : {1, 2}) {
+      ContextOptions o;
+      o.n_threads = threads;
+      auto ctx = Context::Create(**m, o);
+      ASSERT_TRUE(ctx.ok());
+      const int32_t prompt[4] = {1, 403, 407, 261};
+      ASSERT_TRUE((*ctx)->Eval(prompt, false).ok());
+      const long before = g_allocations.load();
+      for (int32_t t = 0; t < 64; ++t) {
+        const int32_t one[1] = {static_cast<int32_t>(300 + t)};
+        ASSERT_TRUE((*ctx)->Eval(one, false).ok());
+      }
+      EXPECT_EQ(g_allocations.load() - before, 0) << name << " threads " << threads;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace appliance::runtime
