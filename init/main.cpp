@@ -43,6 +43,16 @@ std::string DescribeExit(int status) {
   return "stopped";
 }
 
+// Names every seccomp violation the kernel recorded (the runtime is the only
+// process under a filter), so the console says which call was refused.
+void LogSeccompViolations() {
+  constexpr size_t kMaxReported = 64;
+  for (const std::string& line : KernelLogLines("type=1326", kMaxReported)) {
+    const std::string what = DescribeSeccompViolation(line);
+    if (!what.empty()) Log("seccomp refused a call by the runtime: " + what);
+  }
+}
+
 // Reaps every exited child; returns true (and the status) if `runtime` was among them.
 bool ReapChildren(pid_t runtime, int* runtime_status) {
   bool runtime_ended = false;
@@ -132,6 +142,7 @@ void StopRuntime(pid_t runtime, const sigset_t& signals) {
         if (!ReapChildren(runtime, &status)) break;
         const bool clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
         Log("runtime " + DescribeExit(status));
+        LogSeccompViolations();
         PowerOff(clean);
       }
       case SIGTERM:

@@ -10,9 +10,12 @@
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <termios.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <memory>
 
 #include "init/system.h"
@@ -20,20 +23,22 @@
 namespace appliance::init {
 namespace {
 
-// Syscalls the runtime never needs and that would let it reach out of the
-// sandbox; each fails with EPERM.
-constexpr const char* kDeniedSyscalls[] = {
-    "socket", "socketpair", "socketcall", "bind", "connect", "listen", "accept", "accept4",
-    "sendmsg", "sendto", "recvmsg", "recvfrom", "sendmmsg", "recvmmsg", "getsockopt", "setsockopt",
-    "ptrace", "process_vm_readv", "process_vm_writev",
-    "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen", "fsmount", "fsconfig", "fspick",
-    "bpf", "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-    "keyctl", "add_key", "request_key", "unshare", "setns", "personality", "perf_event_open",
-    "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register",
-    "reboot", "swapon", "swapoff", "acct", "settimeofday", "clock_settime", "adjtimex", "clock_adjtime",
-    "syslog", "iopl", "ioperm", "quotactl", "setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid",
-    "setgroups", "setfsuid", "setfsgid", "capset", "name_to_handle_at", "open_by_handle_at", "lookup_dcookie",
-    "vhangup", "uselib", "_sysctl", "nfsservctl",
+// The runtime's allowlist: memory, threads, clocks, reading its files and
+// reading/writing the fds it was given. Everything else — every socket call,
+// ptrace, mount, module loading, namespaces, bpf, perf, io_uring, keyrings,
+// kexec, setuid, fork — is trapped (see InstallSeccompFilter).
+constexpr const char* kAllowedSyscalls[] = {
+    // memory
+    "brk", "mmap", "munmap", "mremap", "mprotect", "madvise", "mbind", "get_mempolicy", "set_mempolicy",
+    // threads, signals, time
+    "futex", "set_robust_list", "get_robust_list", "rseq", "sched_yield", "sched_getaffinity",
+    "sched_setaffinity", "gettid", "getpid", "tgkill", "exit", "exit_group", "rt_sigaction", "rt_sigprocmask",
+    "rt_sigreturn", "sigaltstack", "nanosleep", "clock_nanosleep", "clock_gettime", "clock_getres",
+    "gettimeofday", "getrusage", "sysinfo", "prlimit64", "getrandom", "set_tid_address", "arch_prctl",
+    // files: the channel and model fds, libraries, /proc and /sys reads (the root is read-only)
+    "read", "write", "readv", "writev", "pread64", "openat", "close", "fstat", "newfstatat", "statx", "lseek",
+    "access", "faccessat", "faccessat2", "readlink", "readlinkat", "getdents64", "fcntl", "poll", "ppoll",
+    "uname", "getcwd", "getuid", "geteuid", "getgid", "getegid",
 };
 
 struct SeccompCtxDeleter {
@@ -86,23 +91,56 @@ Status DropCapabilitiesAndUid() {
 
 }  // namespace
 
-Status InstallSeccompFilter() {
-  std::unique_ptr<void, SeccompCtxDeleter> ctx(seccomp_init(SCMP_ACT_ALLOW));
+Status InstallSeccompFilter(int exec_fd) {
+  // A disallowed call is trapped: it does not run, the thread gets SIGSYS
+  // (which kills the runtime: it has no handler) and, with the log flag, the
+  // kernel records it (audit type 1326, syscall number) for init to name.
+  std::unique_ptr<void, SeccompCtxDeleter> ctx(seccomp_init(SCMP_ACT_TRAP));
   if (!ctx) return Status::Error("seccomp_init failed");
-  // Only the native architecture is in the filter; a syscall made through any
-  // other ABI (i386 int 0x80, x32) kills the process.
-  if (int rc = seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_KILL_PROCESS); rc != 0) {
-    return PosixError("seccomp bad-arch action", -rc);
+  auto check = [](int rc, const std::string& what) { return rc == 0 ? Status::Ok() : PosixError("seccomp " + what, -rc); };
+  // Only the native architecture is in the filter; a call through any other
+  // ABI (i386 int 0x80, x32) is trapped before any rule is looked at.
+  RETURN_IF_ERROR(check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_ACT_BADARCH, SCMP_ACT_TRAP), "bad-arch action"));
+  RETURN_IF_ERROR(check(seccomp_attr_set(ctx.get(), SCMP_FLTATR_CTL_LOG, 1), "log flag"));
+  for (const char* name : kAllowedSyscalls) {
+    const int nr = seccomp_syscall_resolve_name(name);
+    if (nr == __NR_SCMP_ERROR) return Status::Error(std::string("seccomp: unknown syscall ") + name);
+    RETURN_IF_ERROR(check(seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 0), std::string("allow ") + name));
   }
-  for (const char* name : kDeniedSyscalls) {
-    int nr = seccomp_syscall_resolve_name(name);
-    if (nr == __NR_SCMP_ERROR) continue;  // not a syscall on this architecture
-    if (int rc = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), nr, 0); rc != 0) {
-      return PosixError(std::string("seccomp rule for ") + name, -rc);
-    }
+  // Threads, not processes: clone only with CLONE_THREAD; clone3's flags sit
+  // in memory a filter cannot read, so it answers ENOSYS and glibc uses clone.
+  RETURN_IF_ERROR(check(seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(clone), 1,
+                                         SCMP_A0(SCMP_CMP_MASKED_EQ, CLONE_THREAD, CLONE_THREAD)),
+                        "allow clone(CLONE_THREAD)"));
+  RETURN_IF_ERROR(check(seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(ENOSYS), SCMP_SYS(clone3), 0), "clone3"));
+  // isatty() and the terminal size, nothing else of ioctl.
+  for (unsigned long request : {static_cast<unsigned long>(TCGETS), static_cast<unsigned long>(TIOCGWINSZ)}) {
+    RETURN_IF_ERROR(check(seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1, SCMP_A1(SCMP_CMP_EQ, request)),
+                          "allow ioctl"));
   }
-  if (int rc = seccomp_load(ctx.get()); rc != 0) return PosixError("seccomp_load", -rc);
+  // The one exec init itself makes: the verified runtime, by its fd.
+  if (exec_fd >= 0) {
+    RETURN_IF_ERROR(check(seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(execveat), 2,
+                                           SCMP_A0(SCMP_CMP_EQ, static_cast<scmp_datum_t>(exec_fd)),
+                                           SCMP_A4(SCMP_CMP_EQ, AT_EMPTY_PATH)),
+                          "allow execveat(exec fd)"));
+  }
+  RETURN_IF_ERROR(check(seccomp_load(ctx.get()), "load"));
   return Status::Ok();
+}
+
+std::string DescribeSeccompViolation(std::string_view kernel_log_line) {
+  const auto pos = kernel_log_line.find(" syscall=");
+  if (kernel_log_line.find("type=1326") == std::string_view::npos || pos == std::string_view::npos) return "";
+  const std::string number(kernel_log_line.substr(pos + 9, kernel_log_line.find(' ', pos + 9) - (pos + 9)));
+  if (number.empty() || number.find_first_not_of("0123456789") != std::string::npos || number.size() > 6) return "";
+  const int nr = std::stoi(number);
+  std::string arch = "native";
+  if (kernel_log_line.find(" arch=40000003") != std::string_view::npos) arch = "i386";
+  char* name = seccomp_syscall_resolve_num_arch(arch == "i386" ? SCMP_ARCH_X86 : SCMP_ARCH_NATIVE, nr);
+  std::string result = std::string(name != nullptr ? name : "unknown") + " (" + number + ", " + arch + " ABI)";
+  std::free(name);
+  return result;
 }
 
 void ExecInSandbox(const SandboxSpec& spec) {
@@ -142,7 +180,7 @@ void ExecInSandbox(const SandboxSpec& spec) {
   if (::setrlimit(RLIMIT_CORE, &no_core) != 0) Fail(Errno("setrlimit(RLIMIT_CORE)"));
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) Fail(Errno("prctl(PR_SET_NO_NEW_PRIVS)"));
   Check(DropCapabilitiesAndUid());
-  Check(InstallSeccompFilter());
+  Check(InstallSeccompFilter(exec_fd));
 
   std::vector<char*> argv;
   for (const std::string& arg : spec.argv) argv.push_back(const_cast<char*>(arg.c_str()));

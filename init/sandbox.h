@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -33,11 +34,17 @@ struct SandboxSpec {
 // _exit(127)s: a runtime that is not fully sandboxed never starts.
 [[noreturn]] void ExecInSandbox(const SandboxSpec& spec);
 
-// The seccomp filter (libseccomp), installed on the calling thread: the
-// runtime can create no socket of any family (AF_VSOCK is not covered by
-// network namespaces), nor bind/connect/listen, nor ptrace, mount, load
-// modules, touch keyrings, enter namespaces or use io_uring/bpf/perf.
-// Calls from any other architecture kill the process.
-Status InstallSeccompFilter();
+// The seccomp filter (libseccomp), installed on the calling thread: an
+// allowlist of what the runtime needs (memory, threads, clocks, reading files,
+// the fds it was given); every other call — any socket (AF_VSOCK is not covered
+// by network namespaces), ptrace, mount, module loading, namespaces, bpf,
+// perf, io_uring, keyrings, setuid, fork — and any call through another
+// architecture's ABI is trapped: not executed, SIGSYS, logged by the kernel.
+// `exec_fd` >= 0 allows exactly one kind of exec: execveat(exec_fd, "", AT_EMPTY_PATH).
+Status InstallSeccompFilter(int exec_fd);
+
+// From a kernel log line of a seccomp violation (audit type 1326), the
+// syscall's name, number and ABI, e.g. "socket (41, native ABI)"; "" otherwise.
+std::string DescribeSeccompViolation(std::string_view kernel_log_line);
 
 }  // namespace appliance::init

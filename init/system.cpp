@@ -68,6 +68,24 @@ Status LoadModulesThenLock(const std::vector<std::pair<std::string, UniqueFd>>& 
   return Status::Ok();
 }
 
+std::vector<std::string> KernelLogLines(std::string_view needle, size_t max_lines) {
+  std::vector<std::string> lines;
+  UniqueFd kmsg(::open("/dev/kmsg", O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!kmsg.valid()) return lines;
+  char record[8192];
+  for (;;) {
+    // Each read returns one record; EPIPE means records were overwritten, read on.
+    ssize_t n = ::read(kmsg.get(), record, sizeof record - 1);
+    if (n < 0 && errno == EPIPE) continue;
+    if (n <= 0) break;
+    std::string_view line(record, static_cast<size_t>(n));
+    if (line.find(needle) == std::string_view::npos) continue;
+    if (lines.size() == max_lines) break;
+    lines.emplace_back(line);
+  }
+  return lines;
+}
+
 void RouteCtrlAltDelToInit() { ::reboot(RB_DISABLE_CAD); }
 
 StatusOr<UniqueFd> OpenChannel(const std::string& device) {

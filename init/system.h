@@ -27,6 +27,10 @@ Status MountEarlyFilesystems();
 // disables module loading for the rest of the boot (kernel.modules_disabled).
 Status LoadModulesThenLock(const std::vector<std::pair<std::string, UniqueFd>>& modules);
 
+// The kernel log lines recorded since boot that contain `needle` (read from
+// /dev/kmsg without blocking; at most `max_lines`).
+std::vector<std::string> KernelLogLines(std::string_view needle, size_t max_lines);
+
 // Ctrl-Alt-Del sends SIGINT to PID 1 instead of rebooting at once.
 void RouteCtrlAltDelToInit();
 

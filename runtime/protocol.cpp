@@ -108,12 +108,16 @@ ParsedRequest ParseObject(const Json& j, const ProtocolLimits& limits) {
   auto max_tokens = j.find("max_tokens");
   if (max_tokens == j.end()) return Error(id, "missing field 'max_tokens'");
   if (!max_tokens->is_number_integer()) return Error(id, "field 'max_tokens' must be an integer");
-  const bool negative = max_tokens->is_number_unsigned() ? false : max_tokens->get<int64_t>() < 1;
-  const uint64_t mt = negative ? 0 : max_tokens->get<uint64_t>();
-  if (negative || mt < 1 || mt > static_cast<uint64_t>(limits.max_tokens)) {
+  // nlohmann stores non-negative integers as unsigned and negative ones as
+  // signed; read each kind as what it is so no value wraps around.
+  const bool in_range = max_tokens->is_number_unsigned()
+                            ? max_tokens->get<uint64_t>() >= 1 &&
+                                  max_tokens->get<uint64_t>() <= static_cast<uint64_t>(limits.max_tokens)
+                            : max_tokens->get<int64_t>() >= 1 && max_tokens->get<int64_t>() <= limits.max_tokens;
+  if (!in_range) {
     return Error(id, "field 'max_tokens' must be in [1, " + std::to_string(limits.max_tokens) + "] (the context size)");
   }
-  g.max_tokens = static_cast<int64_t>(mt);
+  g.max_tokens = max_tokens->get<int64_t>();
 
   if (auto t = j.find("temperature"); t != j.end()) {
     double v = 0;

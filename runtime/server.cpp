@@ -5,7 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <new>
+#include <exception>
 #include <string>
 #include <vector>
 
@@ -112,8 +112,8 @@ Status Serve(Context& ctx, int channel_fd) {
       StatusOr<GenerateResult> result = Status::Error("not run");
       try {
         result = Generate(ctx, g.prompt, params, on_token);
-      } catch (const std::bad_alloc&) {
-        result = Status::Error("out of memory");
+      } catch (const std::exception& e) {  // allocation failure: answer it, keep serving
+        result = Status::Error(std::string("internal error: ") + e.what());
       }
       RETURN_IF_ERROR(write_status);
       ++jobs;

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "base/fd.h"
 #include "image/subprocess.h"
@@ -322,6 +323,38 @@ TEST_F(ImageBuild, UnpackedImageVerifiesAgainstItsManifest) {
   auto tampered = mf::VerifyTree(root_fd.get(), *m, mf::TreePolicy{});
   ASSERT_FALSE(tampered.ok());
   EXPECT_NE(tampered.status().message().find("models/model.gguf"), std::string::npos) << tampered.status().message();
+}
+
+TEST_F(ImageBuild, KernelModulesArePackedListedAndVerified) {
+  if (*kernel_dir_ != APPLIANCE_KERNEL_DIR) GTEST_SKIP() << "needs the real kernel (scripts/fetch-kernel)";
+  std::vector<std::string> args = Args(*dir_ / "mods");
+  args.insert(args.end(), {"--module", "vmw_vsock_virtio_transport"});
+  Result r = RunTool(args, "1700000000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  StatusOr<mf::Manifest> m = mf::Parse(Bytes(ReadAll(*dir_ / "mods/manifest.json")));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  std::set<std::string> module_files;
+  for (const mf::FileEntry& f : m->files) {
+    if (f.role == "module") module_files.insert(f.path);
+  }
+  std::string runtime_json;
+  for (const ReadEntry& e : ReadCpio(*dir_ / "mods/initramfs.cpio")) {
+    if (e.path == "etc/appliance/runtime.json") runtime_json = e.data;
+  }
+  nlohmann::json config = nlohmann::json::parse(runtime_json);
+  ASSERT_TRUE(config.contains("modules"));
+  std::set<std::string> listed;
+  for (const auto& p : config["modules"]) listed.insert(p.get<std::string>());
+  EXPECT_EQ(listed, module_files);
+  EXPECT_TRUE(config["modules"].back().get<std::string>().ends_with("/vmw_vsock_virtio_transport.ko"));
+
+  const std::string root = *dir_ / "mods-root";
+  ASSERT_EQ(::mkdir(root.c_str(), 0755), 0);
+  Unpack(*dir_ / "mods/initramfs.cpio", root);
+  appliance::UniqueFd root_fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(root_fd.valid());
+  auto verified = mf::VerifyTree(root_fd.get(), *m, mf::TreePolicy{});
+  EXPECT_TRUE(verified.ok()) << verified.status().message();
 }
 
 TEST_F(ImageBuild, CliErrorsAreClear) {

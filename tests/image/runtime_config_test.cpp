@@ -31,6 +31,18 @@ TEST(RuntimeConfig, IsValidJsonWithTheThreadCount) {
   EXPECT_EQ(j.size(), 4u);
 }
 
+TEST(RuntimeConfig, ListsModulesInLoadOrderWhenThereAreAny) {
+  StatusOr<RuntimeConfig> c = StandardRuntimeConfig(2, {"lib/modules/r/kernel/b.ko", "lib/modules/r/kernel/a.ko"});
+  ASSERT_TRUE(c.ok());
+  const std::string text = RenderRuntimeConfig(*c);
+  EXPECT_NE(text.find("  \"model\": \"models/model.gguf\",\n  \"modules\": [\"lib/modules/r/kernel/b.ko\", "
+                      "\"lib/modules/r/kernel/a.ko\"]\n}\n"),
+            std::string::npos)
+      << text;
+  nlohmann::json j = nlohmann::json::parse(text);
+  EXPECT_EQ(j["modules"].size(), 2u);
+}
+
 TEST(RuntimeConfig, EscapesStrings) {
   RuntimeConfig c;
   c.argv = {"a\"b", "c\\d", "e\nf"};

@@ -8,6 +8,10 @@
 #include <sys/ptrace.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -34,7 +38,14 @@ std::vector<int> RunFiltered(const std::vector<Attempt>& attempts) {
   pid_t child = ::fork();
   if (child == 0) {
     ::close(pipe_fds[0]);
-    if (!InstallSeccompFilter().ok()) _exit(3);
+    if (!InstallSeccompFilter(-1).ok()) _exit(3);
+    // Trapped calls report EPERM back, as the probe in the VM does.
+    struct sigaction sa {};
+    sa.sa_sigaction = [](int, siginfo_t*, void* context) {
+      static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RAX] = -EPERM;
+    };
+    sa.sa_flags = SA_SIGINFO;
+    sigaction(SIGSYS, &sa, nullptr);
     for (const Attempt& a : attempts) {
       errno = 0;
       long rc = a.call();
@@ -70,6 +81,8 @@ TEST(SeccompFilterTest, DeniesEveryWayOut) {
       {"mount", [] { return long{::mount("none", "/tmp", "tmpfs", 0, nullptr)}; }},
       {"unshare", [] { return long{::unshare(CLONE_NEWNET)}; }},
       {"setns", [] { return long{::setns(0, CLONE_NEWNET)}; }},
+      {"fork", [] { pid_t p = ::fork(); if (p == 0) _exit(0); return long{p}; }},
+      {"execve", [] { char* argv[] = {nullptr}; return long{::execve("/bin/true", argv, argv)}; }},
   };
   std::vector<int> errors = RunFiltered(attempts);
   ASSERT_EQ(errors.size(), attempts.size());
@@ -78,15 +91,35 @@ TEST(SeccompFilterTest, DeniesEveryWayOut) {
   }
 }
 
+TEST(SeccompFilterTest, NamesViolationsFromTheKernelLog) {
+  EXPECT_EQ(DescribeSeccompViolation("6,412,3012,-;audit: type=1326 audit(1.2:3): auid=4294967295 uid=1000 gid=1000 "
+                                     "ses=4294967295 subj=unconfined pid=88 comm=\"appliance-runt\" exe=\"/x\" sig=31 "
+                                     "arch=c000003e syscall=41 compat=0 ip=0x7f code=0x30000"),
+            "socket (41, native ABI)");
+  EXPECT_EQ(DescribeSeccompViolation("audit: type=1326 sig=31 arch=40000003 syscall=102 compat=1"),
+            "socketcall (102, i386 ABI)");
+  EXPECT_EQ(DescribeSeccompViolation("audit: type=1400 syscall=41 "), "");
+  EXPECT_EQ(DescribeSeccompViolation("audit: type=1326 syscall=99999999999 "), "");
+}
+
 TEST(SeccompFilterTest, LeavesOrdinaryWorkAlone) {
   const std::vector<Attempt> attempts = {
       {"getpid", [] { return long{::getpid()}; }},
-      {"pipe", [] { int p[2]; long rc = ::pipe(p); ::close(p[0]); ::close(p[1]); return rc; }},
-      {"fork+wait", [] {
-         pid_t p = ::fork();
-         if (p == 0) _exit(0);
-         int st = 0;
-         return long{::waitpid(p, &st, 0)};
+      {"read a file", [] {
+         int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+         char buf[64];
+         long rc = fd < 0 ? -1 : ::read(fd, buf, sizeof buf);
+         ::close(fd);
+         return rc;
+       }},
+      {"mmap", [] {
+         void* p = ::mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+         return p == MAP_FAILED ? -1L : long{::munmap(p, 1 << 20)};
+       }},
+      {"thread", [] {
+         pthread_t t;
+         if (pthread_create(&t, nullptr, [](void*) -> void* { return nullptr; }, nullptr) != 0) return -1L;
+         return long{pthread_join(t, nullptr)};
        }},
   };
   std::vector<int> errors = RunFiltered(attempts);

@@ -13,6 +13,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <linux/audit.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -29,6 +31,18 @@
 namespace {
 
 constexpr int kChannelFd = 3;
+
+// The filter traps forbidden calls with SIGSYS. The runtime has no handler and
+// dies; the probe records which call was trapped and lets it return EPERM, so
+// it can go on to the next attempt.
+volatile sig_atomic_t g_trapped_syscall = -1;
+volatile sig_atomic_t g_trapped_arch = 0;
+
+void OnSigsys(int, siginfo_t* info, void* context) {
+  g_trapped_syscall = info->si_syscall;
+  g_trapped_arch = static_cast<sig_atomic_t>(info->si_arch);
+  static_cast<ucontext_t*>(context)->uc_mcontext.gregs[REG_RAX] = -EPERM;
+}
 
 void Send(const nlohmann::json& j) {
   std::string line = j.dump() + "\n";
@@ -63,21 +77,18 @@ struct Attempt {
 
 long Socket(int family, int type) { return ::socket(family, type, 0); }
 
-// An i386 `int 0x80` socketcall from a 64-bit process: must be killed by the
-// filter's architecture pin, not answered. Runs in a child.
-std::string LegacyAbiSocketcall() {
-  pid_t child = ::fork();
-  if (child == 0) {
-    long ret;
-    unsigned long args[3] = {AF_INET, SOCK_STREAM, 0};
-    // i386 socketcall = 102, SYS_SOCKET = 1.
-    asm volatile("int $0x80" : "=a"(ret) : "a"(102), "b"(1), "c"(args) : "memory");
-    _exit(ret < 0 ? 10 : 11);
+// An i386 `int 0x80` socketcall from a 64-bit process: the kernel has IA32
+// emulation, so only the filter's architecture pin stops it.
+long LegacyAbiSocketcall() {
+  long ret;
+  unsigned long args[3] = {AF_INET, SOCK_STREAM, 0};
+  // i386 socketcall = 102, SYS_SOCKET = 1.
+  asm volatile("int $0x80" : "=a"(ret) : "a"(102), "b"(1), "c"(args) : "memory");
+  if (ret < 0) {
+    errno = static_cast<int>(-ret);
+    return -1;
   }
-  int status = 0;
-  ::waitpid(child, &status, 0);
-  if (WIFSIGNALED(status)) return std::string("killed by ") + strsignal(WTERMSIG(status));
-  return "exited " + std::to_string(WEXITSTATUS(status)) + (WEXITSTATUS(status) == 11 ? " (socket created!)" : "");
+  return ret;
 }
 
 std::vector<Attempt> Attempts() {
@@ -133,6 +144,13 @@ std::vector<Attempt> Attempts() {
   a.push_back({"reboot", eperm, [] { return ::syscall(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, nullptr); }});
   a.push_back({"setuid(0)", eperm, [] { return long{::setuid(0)}; }});
   a.push_back({"chroot", eperm, [] { return long{::chroot("/tmp")}; }});
+  a.push_back({"fork", eperm, [] {
+                 pid_t pid = ::fork();
+                 if (pid == 0) _exit(0);
+                 return long{pid};
+               }});
+  a.push_back({"execve(/init)", eperm, [] { char* argv[] = {nullptr}; return long{::execve("/init", argv, argv)}; }});
+  a.push_back({"int 0x80 socketcall (i386 ABI)", eperm, LegacyAbiSocketcall});
   a.push_back({"open(/dev/mem)", {EACCES, EPERM}, [] { return long{::open("/dev/mem", O_RDONLY)}; }});
   a.push_back({"open(/dev/kmsg) for writing", {EACCES, EPERM}, [] { return long{::open("/dev/kmsg", O_WRONLY)}; }});
   a.push_back({"create file in /", {EROFS, EACCES}, [] {
@@ -152,21 +170,28 @@ std::string ReadFile(const char* path) {
 }  // namespace
 
 int main() {
+  struct sigaction sa {};
+  sa.sa_sigaction = OnSigsys;
+  sa.sa_flags = SA_SIGINFO;
+  ::sigaction(SIGSYS, &sa, nullptr);
+
   Send({{"event", "ready"}, {"model", "appliance-probe"}});
   bool all_refused = true;
   for (const Attempt& attempt : Attempts()) {
+    g_trapped_syscall = -1;
     errno = 0;
     long rc = attempt.call();
     const int err = rc < 0 ? errno : 0;
-    const bool refused = rc < 0 && attempt.refusals.count(err) > 0;
+    std::string result = ErrnoName(err);
+    bool refused = rc < 0 && attempt.refusals.count(err) > 0;
+    if (g_trapped_syscall >= 0) {
+      result = "trapped by seccomp (SIGSYS, syscall " + std::to_string(g_trapped_syscall) +
+               (g_trapped_arch == static_cast<sig_atomic_t>(AUDIT_ARCH_I386) ? ", i386 ABI)" : ")");
+      refused = true;
+    }
     all_refused &= refused;
-    Send({{"event", "probe"}, {"attempt", attempt.name}, {"result", ErrnoName(err)}, {"refused", refused}});
+    Send({{"event", "probe"}, {"attempt", attempt.name}, {"result", result}, {"refused", refused}});
   }
-  const std::string legacy = LegacyAbiSocketcall();
-  // SIGSYS is the filter's architecture pin at work (the kernel has IA32 emulation, so without it the call would run).
-  const bool legacy_refused = legacy == std::string("killed by ") + strsignal(SIGSYS);
-  all_refused &= legacy_refused;
-  Send({{"event", "probe"}, {"attempt", "int 0x80 socketcall (i386 ABI)"}, {"result", legacy}, {"refused", legacy_refused}});
 
   nlohmann::json status = nlohmann::json::object();
   std::istringstream lines(ReadFile("/proc/self/status"));

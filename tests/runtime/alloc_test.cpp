@@ -13,18 +13,23 @@
 
 namespace {
 std::atomic<long> g_allocations{0};
+
+// Out of line, so the compiler does not pair an inlined free() with the
+// new-expression at some call site and warn about a mismatch.
+[[gnu::noinline]] void* RawAlloc(std::size_t n) { return std::malloc(n == 0 ? 1 : n); }
+[[gnu::noinline]] void RawFree(void* p) { std::free(p); }
 }  // namespace
 
 void* operator new(std::size_t n) {
   g_allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(n == 0 ? 1 : n)) return p;
+  if (void* p = RawAlloc(n)) return p;
   throw std::bad_alloc();
 }
 void* operator new[](std::size_t n) { return operator new(n); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept { RawFree(p); }
+void operator delete[](void* p) noexcept { RawFree(p); }
+void operator delete(void* p, std::size_t) noexcept { RawFree(p); }
+void operator delete[](void* p, std::size_t) noexcept { RawFree(p); }
 
 namespace appliance::runtime {
 namespace {
