@@ -132,6 +132,11 @@ void StopRuntime(pid_t runtime, const sigset_t& signals) {
   image->model.reset();
   image->executable.reset();
   Log("runtime started as pid " + std::to_string(runtime));
+  if (Status s = ConfineInit(); !s.ok()) {
+    Log("FATAL: " + s.message());
+    StopRuntime(runtime, signals);
+    PowerOff(/*clean=*/false);
+  }
 
   for (;;) {
     siginfo_t info{};

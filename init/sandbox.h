@@ -43,6 +43,13 @@ struct SandboxSpec {
 // `exec_fd` >= 0 allows exactly one kind of exec: execveat(exec_fd, "", AT_EMPTY_PATH).
 Status InstallSeccompFilter(int exec_fd);
 
+// What PID 1 keeps once the runtime runs: the capabilities to power off
+// (CAP_SYS_BOOT), signal the runtime (CAP_KILL) and read the kernel log
+// (CAP_SYSLOG), nothing else in any set; and a seccomp filter admitting only
+// the calls of its wait loop. Unexpected calls fail with EPERM rather than
+// killing PID 1 (which would panic the kernel instead of powering off).
+Status ConfineInit();
+
 // From a kernel log line of a seccomp violation (audit type 1326), the
 // syscall's name, number and ABI, e.g. "socket (41, native ABI)"; "" otherwise.
 std::string DescribeSeccompViolation(std::string_view kernel_log_line);

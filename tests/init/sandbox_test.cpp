@@ -99,6 +99,7 @@ TEST(SeccompFilterTest, NamesViolationsFromTheKernelLog) {
   EXPECT_EQ(DescribeSeccompViolation("audit: type=1326 sig=31 arch=40000003 syscall=102 compat=1"),
             "socketcall (102, i386 ABI)");
   EXPECT_EQ(DescribeSeccompViolation("audit: type=1400 syscall=41 "), "");
+  EXPECT_EQ(DescribeSeccompViolation("audit: type=1326 arch=c000003e syscall=435 compat=0 code=0x50026"), "");
   EXPECT_EQ(DescribeSeccompViolation("audit: type=1326 syscall=99999999999 "), "");
 }
 
