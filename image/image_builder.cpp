@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <filesystem>
+#include <map>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -18,8 +20,10 @@
 #include "image/kernel_modules.h"
 #include "image/runtime_config.h"
 #include "image/shared_libs.h"
+#include "manifests/build_provenance.h"
 #include "manifests/crypto.h"
 #include "manifests/manifest.h"
+#include "manifests/signatures.h"
 
 namespace appliance::image {
 
@@ -112,6 +116,58 @@ Status CheckOptions(const BuildOptions& o) {
   return Status::Ok();
 }
 
+// A signer: its private key and the id of its public half.
+struct Signer {
+  std::string path;
+  std::string private_pem;
+  std::string public_pem;
+  std::string key_id;
+};
+
+StatusOr<Signer> LoadSigner(const std::string& path) {
+  StatusOr<std::string> key_pem = ReadFileBounded(path, kMaxKeyBytes);
+  if (!key_pem.ok()) return key_pem.status().Context("signing key");
+  StatusOr<std::string> public_pem = mf::PublicPemFromPrivatePem(*key_pem);
+  if (!public_pem.ok()) return public_pem.status().Context("signing key " + path);
+  ASSIGN_OR_RETURN(std::string key_id, mf::KeyIdFromPublicPem(*public_pem));
+  return Signer{path, std::move(*key_pem), std::move(*public_pem), std::move(key_id)};
+}
+
+// Build provenance: what CMake found at configure time (git commit, compiler,
+// dependency versions), the kernel package, and this tool. Never the clock.
+mf::BuildProvenance Provenance(const BuildOptions& o) {
+  mf::BuildProvenance b;
+  b.source_commit = o.source_commit.empty() ? std::string(mf::provenance::kSourceCommit) : o.source_commit;
+  b.compiler = std::string(mf::provenance::kCompiler);
+  b.builder = "appliance-image " + std::string(mf::provenance::kProjectVersion);
+  for (const auto& [name, version] : mf::provenance::kDependencies) b.dependencies.emplace(name, version);
+  // scripts/fetch-kernel writes "<package> <version>": the kernel the image
+  // boots is not in the initramfs, so its package is recorded here.
+  StatusOr<std::string> package = ReadFileBounded(o.kernel_dir + "/package", 4096);
+  if (package.ok()) {
+    std::string line = package->substr(0, package->find('\n'));
+    if (!line.empty()) b.dependencies["kernel"] = line;
+  }
+  return b;
+}
+
+// Removes signature files of an earlier build from the output folder, so the
+// folder holds exactly this manifest's signatures.
+Status CleanSignatureDir(const std::string& dir, const std::vector<std::string>& keep) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    std::optional<std::string> id = mf::KeyIdFromSignatureFileName(name);
+    if (id && std::find(keep.begin(), keep.end(), *id) == keep.end()) {
+      std::error_code rm_ec;
+      std::filesystem::remove(entry.path(), rm_ec);
+      if (rm_ec) return Status::Error("remove stale signature " + entry.path().string() + ": " + rm_ec.message());
+    }
+  }
+  if (ec) return Status::Error("list " + dir + ": " + ec.message());
+  return Status::Ok();
+}
+
 }  // namespace
 
 StatusOr<int64_t> ParseSourceDateEpoch(const char* value) {
@@ -130,12 +186,42 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
   RETURN_IF_ERROR(CheckOptions(o));
   RETURN_IF_ERROR(CheckReadableFile(o.model, "model"));
 
-  // The signing key before any heavy work.
-  StatusOr<std::string> key_pem = ReadFileBounded(o.key, kMaxKeyBytes);
-  if (!key_pem.ok()) return key_pem.status().Context("signing key");
-  StatusOr<std::string> public_pem = mf::PublicPemFromPrivatePem(*key_pem);
-  if (!public_pem.ok()) return public_pem.status().Context("signing key " + o.key);
-  ASSIGN_OR_RETURN(std::string key_id, mf::KeyIdFromPublicPem(*public_pem));
+  // The signing keys before any heavy work; one signature per distinct key.
+  std::map<std::string, Signer> signers;
+  for (const std::string& path : [&o] {
+         std::vector<std::string> all = {o.key};
+         all.insert(all.end(), o.extra_keys.begin(), o.extra_keys.end());
+         return all;
+       }()) {
+    ASSIGN_OR_RETURN(Signer signer, LoadSigner(path));
+    if (signers.contains(signer.key_id)) {
+      return Status::Error("signing key " + path + ": key " + signer.key_id + " given twice");
+    }
+    signers.emplace(signer.key_id, std::move(signer));
+  }
+  if (signers.size() > mf::kMaxSigners) {
+    return Status::Error(std::to_string(signers.size()) + " signing keys, more than the limit of " +
+                         std::to_string(mf::kMaxSigners));
+  }
+
+  // The previous release's manifest: recorded by its sha256; the version must go up.
+  std::string previous_sha256;
+  if (!o.previous_manifest.empty()) {
+    StatusOr<std::string> bytes = ReadFileBounded(o.previous_manifest, mf::kMaxManifestBytes);
+    if (!bytes.ok()) return bytes.status().Context("previous manifest");
+    StatusOr<mf::Manifest> previous = mf::Parse(AsBytes(*bytes));
+    if (!previous.ok()) return previous.status().Context("previous manifest " + o.previous_manifest);
+    if (previous->manifest_version >= o.manifest_version) {
+      return Status::Error("manifest version " + std::to_string(o.manifest_version) + " is not above " +
+                           std::to_string(previous->manifest_version) + " of the previous manifest " +
+                           o.previous_manifest + " (manifest_version only goes up)");
+    }
+    if (previous->product != kProductName) {
+      return Status::Error("previous manifest " + o.previous_manifest + " is for product '" + previous->product +
+                           "', not '" + kProductName + "'");
+    }
+    previous_sha256 = mf::ToHex(mf::Sha256(AsBytes(*bytes)));
+  }
 
   RETURN_IF_ERROR(CheckReadableFile(o.init, "init"));
   RETURN_IF_ERROR(CheckReadableFile(o.runtime, "runtime"));
@@ -226,6 +312,9 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
   m.release = o.release;
   m.created = o.created;
   m.kernel_cmdline = kKernelCmdline;
+  m.build = Provenance(o);
+  m.previous_manifest_sha256 = previous_sha256;
+  for (const auto& [id, signer] : signers) m.signers.push_back(id);
   for (const ImageFile& f : files) {
     mf::FileEntry e;
     e.path = f.path;
@@ -237,14 +326,21 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
   }
   if (Status s = mf::Validate(m); !s.ok()) return s.Context("manifest");
   const std::string manifest_bytes = mf::Serialize(m);
-  StatusOr<std::string> signature = mf::Sign(AsBytes(manifest_bytes), *key_pem);
-  if (!signature.ok()) return signature.status().Context("sign manifest with " + o.key);
-  if (signature->size() != mf::kEd25519SignatureBytes) {
-    return Status::Error("sign manifest: signature of " + std::to_string(signature->size()) + " bytes, expected 64");
+  // Key id -> signature, each checked back before it is written anywhere.
+  std::map<std::string, std::string> signatures;
+  for (const auto& [id, signer] : signers) {
+    StatusOr<std::string> signature = mf::Sign(AsBytes(manifest_bytes), signer.private_pem);
+    if (!signature.ok()) return signature.status().Context("sign manifest with " + signer.path);
+    if (signature->size() != mf::kEd25519SignatureBytes) {
+      return Status::Error("sign manifest: signature of " + std::to_string(signature->size()) + " bytes, expected 64");
+    }
+    if (Status s = mf::Verify(AsBytes(manifest_bytes), AsBytes(*signature), signer.public_pem); !s.ok()) {
+      return s.Context("verify the new manifest signature");
+    }
+    signatures.emplace(id, std::move(*signature));
   }
-  if (Status s = mf::Verify(AsBytes(manifest_bytes), AsBytes(*signature), *public_pem); !s.ok()) {
-    return s.Context("verify the new manifest signature");
-  }
+  std::vector<std::string> signature_paths;  // image paths, kept alive for the archive entries
+  for (const auto& [id, sig] : signatures) signature_paths.push_back(std::string(kSignatureDir) + "/" + mf::SignatureFileName(id));
 
   // The archive.
   std::vector<ArchiveEntry> entries;
@@ -256,8 +352,12 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
     e.data = f.bytes();
     entries.push_back(std::move(e));
   }
-  for (const auto& [path, bytes] : {std::pair<const char*, const std::string*>{kManifestPath, &manifest_bytes},
-                                    std::pair<const char*, const std::string*>{kSignaturePath, &*signature}}) {
+  std::vector<std::pair<std::string, const std::string*>> sealed = {{kManifestPath, &manifest_bytes}};
+  {
+    size_t i = 0;
+    for (const auto& [id, sig] : signatures) sealed.emplace_back(signature_paths[i++], &sig);
+  }
+  for (const auto& [path, bytes] : sealed) {
     ArchiveEntry e;
     e.path = path;
     e.type = EntryType::kRegular;
@@ -289,7 +389,17 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
   RETURN_IF_ERROR(CopyFileAtomic(kernel, o.out_dir + "/vmlinuz", 0644));
   RETURN_IF_ERROR(WriteFileAtomic(o.out_dir + "/cmdline", std::string(kKernelCmdline) + "\n", 0644));
   RETURN_IF_ERROR(WriteFileAtomic(o.out_dir + "/manifest.json", manifest_bytes, 0644));
-  RETURN_IF_ERROR(WriteFileAtomic(o.out_dir + "/manifest.sig", *signature, 0644));
+  // For auditors: the signatures (one file per signer, as in the image) and
+  // the listed files in `sha256sum -c` form (docs/compliance.md).
+  const std::string sig_dir = o.out_dir + "/signatures";
+  RETURN_IF_ERROR(MakeDirs(sig_dir));
+  std::vector<std::string> key_ids;
+  for (const auto& [id, sig] : signatures) {
+    RETURN_IF_ERROR(WriteFileAtomic(sig_dir + "/" + mf::SignatureFileName(id), sig, 0644));
+    key_ids.push_back(id);
+  }
+  RETURN_IF_ERROR(CleanSignatureDir(sig_dir, key_ids));
+  RETURN_IF_ERROR(WriteFileAtomic(o.out_dir + "/SHA256SUMS", mf::ToSha256Sums(m), 0644));
 
   struct stat ist {};
   if (::stat(initramfs.c_str(), &ist) != 0) return PosixError("stat " + initramfs);
@@ -299,8 +409,10 @@ StatusOr<BuildReport> BuildImage(const BuildOptions& o) {
   report.files = files.size();
   report.libraries = libraries;
   report.modules = module_paths.size();
-  report.key_id = key_id;
+  for (const std::string& id : key_ids) report.key_id += (report.key_id.empty() ? "" : ", ") + id;
+  report.key_ids = key_ids;
   report.manifest_sha256 = mf::ToHex(mf::Sha256(AsBytes(manifest_bytes)));
+  report.previous_manifest_sha256 = previous_sha256;
   return report;
 }
 

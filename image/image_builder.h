@@ -13,7 +13,8 @@ namespace appliance::image {
 
 inline constexpr const char* kKernelCmdline = "console=ttyS0 panic=-1 quiet";
 inline constexpr const char* kManifestPath = "etc/appliance/manifest.json";
-inline constexpr const char* kSignaturePath = "etc/appliance/manifest.sig";
+// One signature file per signer, "<key id>.sig" (manifests/signatures.h).
+inline constexpr const char* kSignatureDir = "etc/appliance/signatures";
 inline constexpr const char* kProductName = "sealed-appliance";
 // Bounds on the builder's inputs.
 inline constexpr uint64_t kMaxKeyBytes = 64 * 1024;
@@ -21,7 +22,10 @@ inline constexpr uint64_t kMaxExecutableBytes = 1ULL << 30;
 
 struct BuildOptions {
   std::string model;       // host path of the GGUF model
-  std::string key;         // host path of the Ed25519 private key (PEM)
+  std::string key;         // host path of the Ed25519 private key (PEM): the first signer
+  std::vector<std::string> extra_keys;  // further signers (co-signatures for a threshold above 1)
+  std::string previous_manifest;  // host path of the previous release's manifest.json, or empty (first release)
+  std::string source_commit;      // build provenance; empty: the commit CMake found at configure time
   std::string out_dir;     // output folder (created if missing)
   std::string init;        // host path of appliance-init (static)
   std::string runtime;     // host path of appliance-runtime
@@ -40,8 +44,10 @@ struct BuildReport {
   size_t files = 0;       // files listed in the manifest
   size_t libraries = 0;   // of which shared libraries (loader included)
   size_t modules = 0;     // of which kernel modules
-  std::string key_id;     // id of the signing key's public half
+  std::string key_id;     // ids of the signing keys, ", "-separated
+  std::vector<std::string> key_ids;  // sorted
   std::string manifest_sha256;
+  std::string previous_manifest_sha256;  // empty for a first release
 };
 
 // Parses SOURCE_DATE_EPOCH (unset or empty: 0). Decimal seconds, newc range.

@@ -1,6 +1,6 @@
 // appliance-image: builds the sealed appliance's image and boots it under QEMU.
 //   appliance-image build --model M.gguf --key K.key --out DIR [...]
-//   appliance-image run DIR [--jobs FILE] [...]
+//   appliance-image run DIR [--jobs FILE] [--capture-nic PCAP [--expect-no-packets]] [--cpu MODEL] [...]
 // See docs/architecture.md for the image layout, the output folder and the channel.
 #include <chrono>
 #include <cstdio>
@@ -59,6 +59,14 @@ int main(int argc, char** argv) {
   CLI::App* b = app.add_subcommand("build", "gather files, sign the manifest, write DIR/initramfs.cpio and friends");
   b->add_option("--model", build.model, "the GGUF model to serve")->required();
   b->add_option("--key", build.key, "Ed25519 private signing key (PEM)")->required();
+  b->add_option("--cosign-key", "further signing key (repeatable): one more signature each")
+      ->type_name("KEY")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->each([&build](const std::string& key) { build.extra_keys.push_back(key); });
+  b->add_option("--previous-manifest", build.previous_manifest,
+                "the previous release's manifest.json (recorded by its sha256; the version must go up)");
+  b->add_option("--source-commit", build.source_commit, "source commit for the manifest's build provenance "
+                "(default: git HEAD at configure time)");
   b->add_option("--out", build.out_dir, "output folder (created if missing)")->required();
   b->add_option("--init", build.init, "appliance-init (static)")->capture_default_str();
   b->add_option("--runtime", build.runtime, "appliance-runtime")->capture_default_str();
@@ -93,6 +101,17 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(img::kMinMemoryMb, img::kMaxMemoryMb));
   r->add_option("--socket", run.socket_path, "channel socket path (default: a fresh temporary folder)");
   r->add_option("--qemu", run.qemu, "QEMU binary")->capture_default_str();
+  r->add_option("--cpu", run.cpu, "QEMU CPU model (-cpu); the default, without AVX2, is the fastest measured under TCG "
+                "(image/README.md, 'CPU model')")
+      ->capture_default_str();
+  CLI::Option* capture =
+      r->add_option("--capture-nic", run.capture_nic,
+                    "attach a virtio-net NIC (user-mode backend, restrict=on) and write every frame through it to "
+                    "this pcap file; reports 'nic capture: N packets (FILE)' on stderr")
+          ->type_name("PCAP");
+  r->add_flag("--expect-no-packets", run.expect_no_packets,
+              "with --capture-nic: exit 1 if the capture holds any packet or the guest never set the NIC up")
+      ->needs(capture);
 
   try {
     app.parse(argc, argv);

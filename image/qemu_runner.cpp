@@ -33,24 +33,169 @@ namespace appliance::image {
 using Clock = std::chrono::steady_clock;
 
 std::vector<std::string> QemuArgv(const QemuConfig& c) {
-  return {c.qemu,
-          "-accel", "tcg",
-          "-cpu", "max",
-          "-smp", std::to_string(c.cpus),
-          "-m", std::to_string(c.memory_mb),
-          "-kernel", c.kernel,
-          "-initrd", c.initrd,
-          "-append", c.cmdline,
-          "-nographic",
-          "-no-reboot",
-          "-nodefaults",
-          "-monitor", "none",
-          // ttyS0: the console, on QEMU's stdout (a pipe the runner reads).
-          "-chardev", "stdio,id=console,signal=off",
-          "-serial", "chardev:console",
-          // ttyS1: the job channel, a listening Unix socket.
-          "-chardev", "socket,id=channel,path=" + c.channel_socket + ",server=on,wait=off",
-          "-serial", "chardev:channel"};
+  std::vector<std::string> argv = {c.qemu,
+                                   "-accel", "tcg",
+                                   "-cpu", c.cpu,
+                                   "-smp", std::to_string(c.cpus),
+                                   "-m", std::to_string(c.memory_mb),
+                                   "-kernel", c.kernel,
+                                   "-initrd", c.initrd,
+                                   "-append", c.cmdline,
+                                   "-nographic",
+                                   "-no-reboot",
+                                   "-nodefaults",
+                                   "-monitor", "none",
+                                   // ttyS0: the console, on QEMU's stdout (a pipe the runner reads).
+                                   "-chardev", "stdio,id=console,signal=off",
+                                   "-serial", "chardev:console",
+                                   // ttyS1: the job channel, a listening Unix socket.
+                                   "-chardev", "socket,id=channel,path=" + c.channel_socket + ",server=on,wait=off",
+                                   "-serial", "chardev:channel"};
+  if (!c.capture_pcap.empty()) {
+    // A NIC on user-mode networking with restrict=on: nothing the guest sends
+    // can leave the host. ipv6=off: the backend never originates a frame of its
+    // own (with IPv6 on, slirp sends an unsolicited router advertisement every
+    // few minutes), so every frame in the capture comes from a guest's send or
+    // answers one. romfile= (none): no PXE firmware that could send at boot.
+    // filter-dump sees every frame in both directions, before the backend.
+    argv.insert(argv.end(), {"-netdev", "user,id=n0,restrict=on,ipv6=off",
+                             "-device", "virtio-net-pci,netdev=n0,id=" + std::string(kNicDeviceId) + ",romfile=",
+                             "-object", "filter-dump,id=f0,netdev=n0,file=" + c.capture_pcap});
+    if (!c.qmp_socket.empty()) {
+      argv.insert(argv.end(), {"-qmp", "unix:" + c.qmp_socket + ",server=on,wait=off"});
+    }
+  }
+  return argv;
+}
+
+Status CheckCpuModel(std::string_view cpu) {
+  if (cpu.empty()) return Status::Error("--cpu: empty CPU model");
+  if (cpu.size() > 256) return Status::Error("--cpu: longer than 256 characters");
+  auto alnum = [](char ch) { return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'); };
+  if (!alnum(cpu.front())) return Status::Error("--cpu '" + std::string(cpu) + "': must start with a letter or digit");
+  for (char ch : cpu) {
+    if (!alnum(ch) && std::string_view("._-+=,").find(ch) == std::string_view::npos) {
+      return Status::Error("--cpu '" + std::string(cpu) + "': only letters, digits and ._-+=, are allowed");
+    }
+  }
+  return Status::Ok();
+}
+
+// ---------------------------------------------------------------------------
+// pcap
+
+namespace {
+
+constexpr uint32_t kPcapMagicMicros = 0xa1b2c3d4;
+constexpr uint32_t kPcapMagicNanos = 0xa1b23c4d;
+
+uint32_t LoadU32(const uint8_t* p, bool big_endian) {
+  if (big_endian) {
+    return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+  }
+  return uint32_t{p[0]} | (uint32_t{p[1]} << 8) | (uint32_t{p[2]} << 16) | (uint32_t{p[3]} << 24);
+}
+
+uint16_t LoadU16(const uint8_t* p, bool big_endian) {
+  return big_endian ? static_cast<uint16_t>((p[0] << 8) | p[1]) : static_cast<uint16_t>(p[0] | (p[1] << 8));
+}
+
+std::string Hex32(uint32_t v) {
+  char buf[16];
+  std::snprintf(buf, sizeof(buf), "0x%08x", v);
+  return buf;
+}
+
+// The parser proper, over a source of `size` bytes that `read_at(offset, out)`
+// fills exactly (offset + out.size() <= size is guaranteed by the caller here).
+template <typename ReadAt>
+StatusOr<PcapSummary> ParsePcapFrom(uint64_t size, ReadAt&& read_at) {
+  if (size < kPcapGlobalHeaderBytes) {
+    return Status::Error(std::to_string(size) + " bytes, shorter than the " + std::to_string(kPcapGlobalHeaderBytes) +
+                         "-byte pcap header");
+  }
+  std::array<uint8_t, kPcapGlobalHeaderBytes> header {};
+  RETURN_IF_ERROR(read_at(0, std::span<uint8_t>(header)));
+  bool big_endian = false;
+  const uint32_t magic = LoadU32(header.data(), false);
+  if (magic == kPcapMagicMicros || magic == kPcapMagicNanos) {
+    big_endian = false;
+  } else if (LoadU32(header.data(), true) == kPcapMagicMicros || LoadU32(header.data(), true) == kPcapMagicNanos) {
+    big_endian = true;
+  } else {
+    return Status::Error("not a pcap file (magic " + Hex32(magic) + ")");
+  }
+  const uint16_t major = LoadU16(header.data() + 4, big_endian);
+  if (major != 2) return Status::Error("pcap version " + std::to_string(major) + ", expected 2");
+  PcapSummary summary;
+  summary.snaplen = LoadU32(header.data() + 16, big_endian);
+  summary.linktype = LoadU32(header.data() + 20, big_endian);
+
+  uint64_t offset = kPcapGlobalHeaderBytes;
+  while (offset < size) {
+    auto where = [&summary, offset] {
+      return "record " + std::to_string(summary.packets + 1) + " at offset " + std::to_string(offset);
+    };
+    if (size - offset < kPcapRecordHeaderBytes) {
+      return Status::Error(where() + ": truncated record header (" + std::to_string(size - offset) + " bytes left)");
+    }
+    std::array<uint8_t, kPcapRecordHeaderBytes> record {};
+    RETURN_IF_ERROR(read_at(offset, std::span<uint8_t>(record)));
+    const uint32_t captured = LoadU32(record.data() + 8, big_endian);
+    const uint32_t original = LoadU32(record.data() + 12, big_endian);
+    if (captured > kMaxPcapRecordBytes) {
+      return Status::Error(where() + ": captured length " + std::to_string(captured) + " exceeds the bound of " +
+                           std::to_string(kMaxPcapRecordBytes));
+    }
+    if (summary.snaplen != 0 && captured > summary.snaplen) {
+      return Status::Error(where() + ": captured length " + std::to_string(captured) + " exceeds the snaplen " +
+                           std::to_string(summary.snaplen));
+    }
+    if (captured > original) {
+      return Status::Error(where() + ": captured length " + std::to_string(captured) + " exceeds the packet length " +
+                           std::to_string(original));
+    }
+    const uint64_t left = size - offset - kPcapRecordHeaderBytes;
+    if (captured > left) {
+      return Status::Error(where() + ": truncated packet data (" + std::to_string(captured) + " bytes, " +
+                           std::to_string(left) + " left)");
+    }
+    offset += kPcapRecordHeaderBytes + captured;
+    ++summary.packets;
+    summary.captured_bytes += captured;
+  }
+  return summary;
+}
+
+}  // namespace
+
+StatusOr<PcapSummary> ParsePcap(std::span<const uint8_t> bytes) {
+  return ParsePcapFrom(bytes.size(), [bytes](uint64_t offset, std::span<uint8_t> out) {
+    std::memcpy(out.data(), bytes.data() + offset, out.size());
+    return Status::Ok();
+  });
+}
+
+StatusOr<PcapSummary> ReadPcapFile(const std::string& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return PosixError("open " + path);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return PosixError("fstat " + path);
+  if (!S_ISREG(st.st_mode)) return Status::Error(path + ": not a regular file");
+  const uint64_t size = static_cast<uint64_t>(std::max<off_t>(st.st_size, 0));
+  StatusOr<PcapSummary> summary = ParsePcapFrom(size, [&](uint64_t offset, std::span<uint8_t> out) -> Status {
+    size_t done = 0;
+    while (done < out.size()) {
+      ssize_t n = ::pread(fd.get(), out.data() + done, out.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return PosixError("read " + path);
+      if (n == 0) return Status::Error("file shrank while reading");
+      done += static_cast<size_t>(n);
+    }
+    return Status::Ok();
+  });
+  if (!summary.ok()) return summary.status().Context(path);
+  return summary;
 }
 
 namespace {
@@ -62,6 +207,12 @@ constexpr auto kTick = std::chrono::milliseconds(100);
 constexpr auto kPowerOffGrace = std::chrono::seconds(60);
 constexpr auto kChannelLossGrace = std::chrono::seconds(10);
 constexpr size_t kReportTailLines = 20;
+constexpr auto kNicCheckInterval = std::chrono::seconds(1);
+constexpr auto kQmpTimeout = std::chrono::seconds(5);
+// QEMU creates the QMP socket before the guest starts; failing to connect
+// for this long after the start means something else is wrong.
+constexpr auto kQmpConnectGrace = std::chrono::seconds(30);
+constexpr size_t kMaxQmpMessageBytes = 1 << 20;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -198,6 +349,87 @@ class UnlinkGuard {
 };
 
 // ---------------------------------------------------------------------------
+// A minimal QMP client: greeting, capability negotiation, then one command at
+// a time, each waited for with a deadline; asynchronous events are skipped.
+class QmpClient {
+ public:
+  static StatusOr<QmpClient> Connect(const std::string& path, Clock::time_point deadline) {
+    ASSIGN_OR_RETURN(UniqueFd fd, ConnectUnix(path));
+    QmpClient client(std::move(fd));
+    ASSIGN_OR_RETURN(nlohmann::json greeting, client.ReadMessage(deadline));
+    if (!greeting.contains("QMP")) return Status::Error("QMP: unexpected greeting " + greeting.dump().substr(0, 200));
+    ASSIGN_OR_RETURN(nlohmann::json ignored, client.Execute({{"execute", "qmp_capabilities"}}, deadline));
+    (void)ignored;
+    return client;
+  }
+
+  // The command's "return" value, or its "error" as an error.
+  StatusOr<nlohmann::json> Execute(const nlohmann::json& command, Clock::time_point deadline) {
+    const std::string name = command.value("execute", std::string("?"));
+    if (Status s = SendAll(fd_.get(), command.dump() + "\n", deadline); !s.ok()) return s.Context("QMP " + name);
+    for (;;) {
+      StatusOr<nlohmann::json> msg = ReadMessage(deadline);
+      if (!msg.ok()) return msg.status().Context(name);
+      if (msg->contains("event")) continue;
+      if (auto r = msg->find("return"); r != msg->end()) return *r;
+      if (auto e = msg->find("error"); e != msg->end()) {
+        std::string desc = e->is_object() && e->contains("desc") && (*e)["desc"].is_string()
+                               ? (*e)["desc"].get<std::string>()
+                               : e->dump();
+        return Status::Error("QMP " + name + ": " + desc);
+      }
+      return Status::Error("QMP " + name + ": unexpected reply " + msg->dump().substr(0, 200));
+    }
+  }
+
+ private:
+  explicit QmpClient(UniqueFd fd) : fd_(std::move(fd)) {}
+
+  StatusOr<nlohmann::json> ReadMessage(Clock::time_point deadline) {
+    for (;;) {
+      if (std::optional<std::string> line = framer_.Next()) {
+        nlohmann::json j = nlohmann::json::parse(*line, nullptr, /*allow_exceptions=*/false);
+        if (j.is_discarded() || !j.is_object()) return Status::Error("QMP: not a JSON object: " + line->substr(0, 200));
+        return j;
+      }
+      if (framer_.failed()) return Status::Error("QMP: message longer than " + std::to_string(kMaxQmpMessageBytes));
+      auto now = Clock::now();
+      if (now >= deadline) return Status::Error("QMP: no answer in time");
+      auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now).count() + 1;
+      pollfd p{fd_.get(), POLLIN, 0};
+      int r = ::poll(&p, 1, static_cast<int>(std::min<long long>(ms, 1000)));
+      if (r < 0 && errno != EINTR) return PosixError("QMP: poll");
+      if (r <= 0) continue;
+      char buf[16384];
+      ssize_t n = ::read(fd_.get(), buf, sizeof(buf));
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+      if (n < 0) return PosixError("QMP: read");
+      if (n == 0) return Status::Error("QMP: connection closed by QEMU");
+      // An overlong message fails the framer; the top of the loop reports it
+      // after the complete messages before it.
+      if (!framer_.Feed(std::string_view(buf, static_cast<size_t>(n))).ok()) continue;
+    }
+  }
+
+  UniqueFd fd_;
+  LineFramer framer_{kMaxQmpMessageBytes};
+};
+
+// True if x-query-virtio-status says the guest driver finished setting the
+// device up ("VIRTIO_CONFIG_S_DRIVER_OK: ..." among status.statuses).
+bool VirtioDriverOk(const nlohmann::json& status) {
+  if (!status.is_object()) return false;
+  auto st = status.find("status");
+  if (st == status.end() || !st->is_object()) return false;
+  auto list = st->find("statuses");
+  if (list == st->end() || !list->is_array()) return false;
+  for (const nlohmann::json& s : *list) {
+    if (s.is_string() && s.get<std::string>().rfind("VIRTIO_CONFIG_S_DRIVER_OK", 0) == 0) return true;
+  }
+  return false;
+}
+
+// ---------------------------------------------------------------------------
 class Session {
  public:
   Session(const RunOptions& o, SignalGuard& signals) : o_(o), signals_(signals) {}
@@ -221,6 +453,8 @@ class Session {
   const char* StateName() const;
   void DrainChannel();
   void DrainConsole(bool until_eof);
+  void CheckNic(Clock::time_point now);
+  void ReportCapture(std::vector<std::string>& problems);
 
   const RunOptions& o_;
   SignalGuard& signals_;
@@ -256,6 +490,14 @@ class Session {
   Clock::time_point exit_deadline_ = Clock::time_point::max();
   std::optional<ExitInfo> qemu_exit_;
   std::vector<std::string> problems_;
+
+  // --capture-nic
+  bool capture_ = false;
+  std::optional<TempDir> qmp_dir_;
+  std::optional<QmpClient> qmp_;
+  Clock::time_point next_nic_check_ = Clock::time_point::min();
+  bool nic_ready_ = false;
+  std::string nic_check_error_;  // set when asking QEMU failed for good
 };
 
 const char* Session::StateName() const {
@@ -286,11 +528,14 @@ Status Session::Prepare() {
   if (!(o_.timeout_s >= 0) || !(o_.ready_timeout_s >= 0) || o_.timeout_s > 1e7 || o_.ready_timeout_s > 1e7) {
     return Status::Error("timeouts must be between 0 and 1e7 seconds");
   }
+  RETURN_IF_ERROR(CheckCpuModel(o_.cpu));
+  if (o_.expect_no_packets && o_.capture_nic.empty()) return Status::Error("--expect-no-packets needs --capture-nic");
   if (batch_) {
     ASSIGN_OR_RETURN(jobs_, ReadJobs(o_.jobs_file));
   }
 
   qemu_config_.qemu = o_.qemu;
+  qemu_config_.cpu = o_.cpu;
   qemu_config_.memory_mb = o_.memory_mb;
   qemu_config_.kernel = o_.image_dir + "/vmlinuz";
   qemu_config_.initrd = o_.image_dir + "/initramfs.cpio";
@@ -331,6 +576,32 @@ Status Session::Prepare() {
   }
   if (qemu_config_.channel_socket.find(',') != std::string::npos) {
     return Status::Error("channel socket path " + qemu_config_.channel_socket + " contains ',' (QEMU option syntax)");
+  }
+
+  capture_ = !o_.capture_nic.empty();
+  if (capture_) {
+    const std::string& pcap = o_.capture_nic;
+    if (pcap.find(',') != std::string::npos) {
+      return Status::Error("capture file " + pcap + " contains ',' (QEMU option syntax)");
+    }
+    struct stat st {};
+    if (::lstat(pcap.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+      return Status::Error("capture file " + pcap + ": exists and is not a regular file");
+    }
+    // Emptied now, so a capture left from an earlier run can never be read as this one's.
+    UniqueFd f(::open(pcap.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+    if (!f.valid()) return PosixError("open capture file " + pcap);
+    qemu_config_.capture_pcap = pcap;
+
+    const char* tmp = std::getenv("TMPDIR");
+    std::string base = (tmp != nullptr && *tmp != '\0') ? tmp : "/tmp";
+    StatusOr<TempDir> dir = TempDir::Create(base + "/appliance-qmp.");
+    if (!dir.ok()) return dir.status();
+    qmp_dir_.emplace(std::move(dir).value());
+    qemu_config_.qmp_socket = qmp_dir_->path() + "/qmp.sock";
+    if (qemu_config_.qmp_socket.size() > kMaxUnixPathBytes || qemu_config_.qmp_socket.find(',') != std::string::npos) {
+      return Status::Error("QMP socket path " + qemu_config_.qmp_socket + " is too long or contains ','");
+    }
   }
 
   console_log_path_ = o_.console_log.empty() ? o_.image_dir + "/console.log" : o_.console_log;
@@ -496,6 +767,56 @@ void Session::DrainChannel() {
   }
 }
 
+// Asks QEMU (QMP x-query-virtio-status) whether the guest's virtio-net driver
+// took the NIC; once it has, or once asking failed for good, stops asking.
+void Session::CheckNic(Clock::time_point now) {
+  next_nic_check_ = now + kNicCheckInterval;
+  if (!qmp_) {
+    StatusOr<QmpClient> client = QmpClient::Connect(qemu_config_.qmp_socket, now + kQmpTimeout);
+    if (!client.ok()) {
+      if (now - start_ > kQmpConnectGrace) nic_check_error_ = client.status().message();
+      return;
+    }
+    qmp_.emplace(std::move(client).value());
+  }
+  StatusOr<nlohmann::json> status = qmp_->Execute(
+      {{"execute", "x-query-virtio-status"}, {"arguments", {{"path", std::string(kNicVirtioPath)}}}},
+      Clock::now() + kQmpTimeout);
+  if (!status.ok()) {
+    nic_check_error_ = status.status().message();
+    qmp_.reset();
+    return;
+  }
+  if (VirtioDriverOk(*status)) {
+    nic_ready_ = true;
+    qmp_.reset();
+    WriteStderr("nic: the guest's virtio-net driver is up (DRIVER_OK) after " + Fixed2(Seconds(Clock::now() - start_)) +
+                " s\n");
+  }
+}
+
+void Session::ReportCapture(std::vector<std::string>& problems) {
+  if (!nic_ready_) {
+    WriteStderr("nic: the guest never set the NIC up (no virtio-net DRIVER_OK seen" +
+                (nic_check_error_.empty() ? std::string() : "; " + nic_check_error_) + ")\n");
+    if (o_.expect_no_packets) {
+      problems.push_back("--expect-no-packets: the guest never set its NIC up, so an empty capture would prove "
+                         "nothing (does the image load virtio_pci and virtio_net?)");
+    }
+  }
+  StatusOr<PcapSummary> capture = ReadPcapFile(o_.capture_nic);
+  if (!capture.ok()) {
+    problems.push_back(capture.status().Context("NIC capture").message());
+    return;
+  }
+  WriteStderr("nic capture: " + std::to_string(capture->packets) + " packets (" + o_.capture_nic + ")\n");
+  if (o_.expect_no_packets && capture->packets > 0) {
+    problems.push_back("--expect-no-packets: the NIC capture " + o_.capture_nic + " holds " +
+                       std::to_string(capture->packets) + " packet(s), " + std::to_string(capture->captured_bytes) +
+                       " bytes");
+  }
+}
+
 Status Session::Loop() {
   Clock::time_point next_connect = start_;
   for (;;) {
@@ -530,6 +851,7 @@ Status Session::Loop() {
                            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(kPowerOffGrace).count()) +
                            " s (QEMU killed)");
     }
+    if (capture_ && !nic_ready_ && nic_check_error_.empty() && now >= next_nic_check_) CheckNic(now);
     if (channel_closed_ && state_ != State::kWaitExit && exit_deadline_ == Clock::time_point::max()) {
       // Usually QEMU is exiting; Finish() reports which of the two it was.
       channel_lost_while_ = StateName();
@@ -648,6 +970,7 @@ Status Session::Finish() {
               std::to_string(next_job_) + " of " + std::to_string(jobs_.jobs.size()) + " sent; ";
   }
   summary += "power-off: " + power.value_or("(none)") + "; " + Fixed2(total) + " s\n";
+  if (capture_) ReportCapture(problems);
   WriteStderr(summary);
   if (problems.empty()) return Status::Ok();
 

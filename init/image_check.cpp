@@ -4,16 +4,21 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "init/build_config.h"
 #include "manifests/crypto.h"
+#include "manifests/signatures.h"
 #include "manifests/tree_verify.h"
 
 namespace appliance::init {
+
+const size_t kBuildSignatureThreshold = kSignatureThreshold;
+
 namespace {
 
 // Reads a small regular file relative to root_fd, refusing symlinks and files
 // over `limit` bytes before allocating for them.
 StatusOr<std::string> ReadSmallFile(int root_fd, const char* path, size_t limit) {
-  UniqueFd fd(::openat(root_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  UniqueFd fd(::openat(root_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY));
   if (!fd.valid()) return PosixError(std::string("open ") + path);
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) return PosixError(std::string("fstat ") + path);
@@ -53,35 +58,28 @@ std::span<const uint8_t> AsBytes(const std::string& s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
-// The key id of the first pinned key whose signature verifies.
-StatusOr<std::string> CheckSignature(const std::string& manifest_bytes, const std::string& signature,
-                                     const std::vector<std::string>& pinned_keys) {
-  if (signature.size() != manifest::kEd25519SignatureBytes) {
-    return Status::Error(std::string(kSignaturePath) + ": " + std::to_string(signature.size()) +
-                         " bytes, an Ed25519 signature has 64");
-  }
-  if (pinned_keys.empty()) return Status::Error("no signing key is pinned into this init");
-  for (const std::string& key : pinned_keys) {
-    if (manifest::Verify(AsBytes(manifest_bytes), AsBytes(signature), key).ok()) {
-      return manifest::KeyIdFromPublicPem(key);
-    }
-  }
-  return Status::Error("manifest signature does not verify with any of the " + std::to_string(pinned_keys.size()) +
-                       " pinned key(s)");
-}
-
 }  // namespace
 
 StatusOr<VerifiedImage> VerifyImage(int root_fd, const BootPolicy& policy) {
+  ASSIGN_OR_RETURN(std::vector<manifest::TrustedKey> pinned, manifest::TrustKeys(policy.pinned_public_keys));
   ASSIGN_OR_RETURN(std::string manifest_bytes, ReadSmallFile(root_fd, kManifestPath, manifest::kMaxManifestBytes));
-  ASSIGN_OR_RETURN(std::string signature, ReadSmallFile(root_fd, kSignaturePath, manifest::kEd25519SignatureBytes));
+  ASSIGN_OR_RETURN(manifest::SignatureSet signatures, manifest::ReadSignatureDir(root_fd, kSignatureDir));
 
   VerifiedImage image;
-  // Signature first: nothing in the manifest is believed before it verifies.
-  ASSIGN_OR_RETURN(image.signer_key_id, CheckSignature(manifest_bytes, signature, policy.pinned_public_keys));
+  // Signatures first: nothing in the manifest is believed before enough of
+  // them verify over its exact bytes.
+  ASSIGN_OR_RETURN(manifest::SignatureCheck check,
+                   manifest::CheckSignatures(AsBytes(manifest_bytes), signatures, pinned, policy.signature_threshold,
+                                             kSignatureDir));
+  image.signer_key_ids = std::move(check.valid);
+  image.unknown_signers = std::move(check.untrusted);
+  image.signer_key_id = image.signer_key_ids.front();  // the threshold is at least 1
   auto parsed = manifest::Parse(AsBytes(manifest_bytes));
   if (!parsed.ok()) return parsed.status().Context(kManifestPath);
   image.manifest = std::move(parsed).value();
+  // Who signed is part of what was signed: the files present and the
+  // manifest's list must agree.
+  RETURN_IF_ERROR(manifest::CheckSignersMatch(image.manifest, signatures, kSignatureDir));
 
   if (image.manifest.integrity_level != policy.integrity_level) {
     return Status::Error("manifest is for integrity level " + image.manifest.integrity_level +
@@ -95,6 +93,9 @@ StatusOr<VerifiedImage> VerifyImage(int root_fd, const BootPolicy& policy) {
   // Keep the fds of everything init itself reads or hands on, so what runs is
   // exactly what was hashed.
   manifest::TreePolicy tree_policy;
+  tree_policy.exempt_files = {kManifestPath};
+  tree_policy.exempt_dirs = {kSignatureDir};
+  tree_policy.hash_threads = policy.hash_threads;
   // The kernel unpacks its built-in default initramfs (dev, dev/console, an
   // empty root/) before ours; that empty directory is the kernel's, not the image's.
   tree_policy.mount_points.insert("root");

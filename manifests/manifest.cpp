@@ -24,18 +24,21 @@ constexpr std::array<std::string_view, 4> kLevels = {"L1", "L2", "L3", "L4"};
 // leaves room without letting a manifest carry an unbounded blob.
 constexpr size_t kMaxLabelBytes = 128;
 constexpr size_t kMaxCmdlineBytes = 4096;
-// The deepest value of the schema is a field of a file entry:
-// root object (0) -> "files" array (1) -> entry object (2) -> field (3).
+// The deepest values of the schema are a field of a file entry and a
+// dependency version: root object (0) -> "files" array (1) -> entry object (2)
+// -> field (3), and root (0) -> "build" (1) -> "dependencies" (2) -> version (3).
 constexpr int kMaxJsonDepth = 3;
 // st_size is an off_t; a listed size above its range can never match a file.
 constexpr uint64_t kMaxFileSize = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 // Permission bits only: set-id and sticky bits have no business in a sealed image.
 constexpr uint32_t kMaxMode = 0777;
 
-const std::set<std::string, std::less<>> kTopKeys = {"created",         "files",          "format",
-                                                     "format_version",  "integrity_level", "kernel_cmdline",
-                                                     "manifest_version", "product",        "release"};
+const std::set<std::string, std::less<>> kTopKeys = {
+    "build",           "created",         "files",   "format",  "format_version", "integrity_level",
+    "kernel_cmdline",  "manifest_version", "previous_manifest_sha256", "product", "release", "signers"};
 const std::set<std::string, std::less<>> kFileKeys = {"mode", "path", "role", "sha256", "size"};
+const std::set<std::string, std::less<>> kBuildKeys = {"builder", "compiler", "dependencies", "source_commit"};
+constexpr size_t kMaxDependencyNameBytes = 64;
 
 std::string Printable(std::string_view s, size_t max_chars = 80) { return EscapeForMessage(s, max_chars); }
 
@@ -145,21 +148,49 @@ StatusOr<FileEntry> FileFromJson(const json& j, size_t index) {
   return e;
 }
 
+StatusOr<BuildProvenance> BuildFromJson(const json& j) {
+  const std::string where = "manifest: build";
+  if (!j.is_object()) return Status::Error(where + ": must be an object");
+  RETURN_IF_ERROR(ExpectKeys(j, kBuildKeys, where));
+  BuildProvenance b;
+  ASSIGN_OR_RETURN(b.source_commit, GetString(j, "source_commit", where));
+  ASSIGN_OR_RETURN(b.compiler, GetString(j, "compiler", where));
+  ASSIGN_OR_RETURN(b.builder, GetString(j, "builder", where));
+  const json& deps = j.at("dependencies");
+  if (!deps.is_object()) return Status::Error(where + ": field 'dependencies' must be an object");
+  if (deps.size() > kMaxDependencies) {
+    return Status::Error(where + ": " + std::to_string(deps.size()) + " dependencies, more than the limit of " +
+                         std::to_string(kMaxDependencies));
+  }
+  for (const auto& [name, version] : deps.items()) {
+    if (!version.is_string()) {
+      return Status::Error(where + ": dependency " + Quoted(name) + " must be a string");
+    }
+    b.dependencies.emplace(name, version.get<std::string>());
+  }
+  return b;
+}
+
 StatusOr<Manifest> ManifestFromJson(const json& j) {
   const std::string where = "manifest";
   if (!j.is_object()) return Status::Error("manifest: top level must be a JSON object");
-  RETURN_IF_ERROR(ExpectKeys(j, kTopKeys, where));
 
-  // Identify the format before reading anything else, so a future format is
-  // reported as such rather than as a confusing field error.
-  ASSIGN_OR_RETURN(std::string format, GetString(j, "format", where));
-  if (format != kFormatName) return Status::Error("manifest: format " + Quoted(format) + ", expected '" +
-                                                  std::string(kFormatName) + "'");
-  ASSIGN_OR_RETURN(uint64_t format_version, GetUnsigned(j, "format_version", where));
-  if (format_version != static_cast<uint64_t>(kFormatVersion)) {
-    return Status::Error("manifest: unsupported format_version " + std::to_string(format_version) + " (this build reads " +
-                         std::to_string(kFormatVersion) + ")");
+  // Identify the format before anything else, so a manifest of another format
+  // or version is reported as such rather than as a confusing field error.
+  if (j.contains("format")) {
+    ASSIGN_OR_RETURN(std::string format, GetString(j, "format", where));
+    if (format != kFormatName) {
+      return Status::Error("manifest: format " + Quoted(format) + ", expected '" + std::string(kFormatName) + "'");
+    }
   }
+  if (j.contains("format_version")) {
+    ASSIGN_OR_RETURN(uint64_t format_version, GetUnsigned(j, "format_version", where));
+    if (format_version != static_cast<uint64_t>(kFormatVersion)) {
+      return Status::Error("manifest: unsupported format_version " + std::to_string(format_version) +
+                           " (this build reads " + std::to_string(kFormatVersion) + ")");
+    }
+  }
+  RETURN_IF_ERROR(ExpectKeys(j, kTopKeys, where));
 
   Manifest m;
   ASSIGN_OR_RETURN(m.manifest_version, GetUnsigned(j, "manifest_version", where));
@@ -168,6 +199,32 @@ StatusOr<Manifest> ManifestFromJson(const json& j) {
   ASSIGN_OR_RETURN(m.release, GetString(j, "release", where));
   ASSIGN_OR_RETURN(m.created, GetSigned(j, "created", where));
   ASSIGN_OR_RETURN(m.kernel_cmdline, GetString(j, "kernel_cmdline", where));
+  ASSIGN_OR_RETURN(m.build, BuildFromJson(j.at("build")));
+
+  const json& previous = j.at("previous_manifest_sha256");
+  if (!previous.is_null()) {
+    if (!previous.is_string()) {
+      return Status::Error("manifest: field 'previous_manifest_sha256' must be a string or null");
+    }
+    m.previous_manifest_sha256 = previous.get<std::string>();
+    // The empty string would serialise as null: one spelling only.
+    if (m.previous_manifest_sha256.empty()) {
+      return Status::Error("manifest: previous_manifest_sha256: empty string (write null for the first release)");
+    }
+  }
+
+  const json& signers = j.at("signers");
+  if (!signers.is_array()) return Status::Error("manifest: field 'signers' must be an array");
+  if (signers.size() > kMaxSigners) {
+    return Status::Error("manifest: " + std::to_string(signers.size()) + " signers, more than the limit of " +
+                         std::to_string(kMaxSigners));
+  }
+  for (size_t i = 0; i < signers.size(); ++i) {
+    if (!signers[i].is_string()) {
+      return Status::Error("manifest: signers[" + std::to_string(i) + "] must be a string");
+    }
+    m.signers.push_back(signers[i].get<std::string>());
+  }
 
   const json& files = j.at("files");
   if (!files.is_array()) return Status::Error("manifest: field 'files' must be an array");
@@ -234,6 +291,8 @@ std::string PathProblem(std::string_view path) {
 
 bool IsValidPath(std::string_view path) { return PathProblem(path).empty(); }
 
+bool IsKeyId(std::string_view s) { return s.size() == 64 && IsLowerHex(s); }
+
 bool IsKnownRole(std::string_view role) { return std::find(kRoles.begin(), kRoles.end(), role) != kRoles.end(); }
 
 bool IsKnownIntegrityLevel(std::string_view level) {
@@ -268,6 +327,10 @@ std::string Serialize(const Manifest& m) {
                          {"sha256", f->sha256},
                          {"role", f->role}});
   }
+  json dependencies = json::object();
+  for (const auto& [name, version] : m.build.dependencies) dependencies[name] = version;
+  std::vector<std::string> signers = m.signers;
+  std::sort(signers.begin(), signers.end());
   json j = {{"format", kFormatName},
             {"format_version", kFormatVersion},
             {"manifest_version", m.manifest_version},
@@ -276,6 +339,13 @@ std::string Serialize(const Manifest& m) {
             {"release", m.release},
             {"created", m.created},
             {"kernel_cmdline", m.kernel_cmdline},
+            {"build", {{"source_commit", m.build.source_commit},
+                       {"compiler", m.build.compiler},
+                       {"builder", m.build.builder},
+                       {"dependencies", std::move(dependencies)}}},
+            {"previous_manifest_sha256",
+             m.previous_manifest_sha256.empty() ? json(nullptr) : json(m.previous_manifest_sha256)},
+            {"signers", signers},
             {"files", std::move(files)}};
   // error_handler_t::replace: Serialize must not throw on data that was never
   // validated; Validate() refuses non-ASCII text anyway, so valid manifests
@@ -292,6 +362,41 @@ Status Validate(const Manifest& m) {
   RETURN_IF_ERROR(CheckLabel("release", m.release, kMaxLabelBytes, false));
   RETURN_IF_ERROR(CheckLabel("kernel_cmdline", m.kernel_cmdline, kMaxCmdlineBytes, true));
   if (m.created < 0) return Status::Error("created: must not be negative");
+  RETURN_IF_ERROR(CheckLabel("build.source_commit", m.build.source_commit, kMaxLabelBytes, false));
+  RETURN_IF_ERROR(CheckLabel("build.compiler", m.build.compiler, kMaxLabelBytes, false));
+  RETURN_IF_ERROR(CheckLabel("build.builder", m.build.builder, kMaxLabelBytes, false));
+  if (m.build.dependencies.size() > kMaxDependencies) {
+    return Status::Error("build.dependencies: " + std::to_string(m.build.dependencies.size()) +
+                         " entries, more than the limit of " + std::to_string(kMaxDependencies));
+  }
+  for (const auto& [name, version] : m.build.dependencies) {
+    const bool name_ok = !name.empty() && name.size() <= kMaxDependencyNameBytes &&
+                         std::all_of(name.begin(), name.end(), [](char c) {
+                           return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                                  c == '.' || c == '_' || c == '+' || c == '-';
+                         });
+    if (!name_ok) {
+      return Status::Error("build.dependencies: name " + Quoted(name) + " not allowed (1-64 of A-Z a-z 0-9 . _ + -)");
+    }
+    RETURN_IF_ERROR(CheckLabel("build.dependencies." + name, version, kMaxLabelBytes, false));
+  }
+  if (!m.previous_manifest_sha256.empty() && !IsKeyId(m.previous_manifest_sha256)) {
+    return Status::Error("previous_manifest_sha256: " + Quoted(m.previous_manifest_sha256) +
+                         " is not 64 lowercase hex digits");
+  }
+  if (m.signers.empty()) return Status::Error("signers: at least one signer is required");
+  if (m.signers.size() > kMaxSigners) {
+    return Status::Error("signers: " + std::to_string(m.signers.size()) + " entries, more than the limit of " +
+                         std::to_string(kMaxSigners));
+  }
+  for (size_t i = 0; i < m.signers.size(); ++i) {
+    const std::string where = "signers[" + std::to_string(i) + "]";
+    if (!IsKeyId(m.signers[i])) {
+      return Status::Error(where + ": " + Quoted(m.signers[i]) + " is not a key id (64 lowercase hex digits)");
+    }
+    if (i > 0 && m.signers[i] == m.signers[i - 1]) return Status::Error(where + ": duplicate signer " + m.signers[i]);
+    if (i > 0 && m.signers[i] < m.signers[i - 1]) return Status::Error(where + ": not sorted");
+  }
   if (m.files.size() > kMaxFiles) {
     return Status::Error("files: " + std::to_string(m.files.size()) + " entries, more than the limit of " +
                          std::to_string(kMaxFiles));

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <span>
 #include <string>
@@ -19,12 +20,16 @@
 
 namespace appliance::manifest {
 
-inline constexpr int kFormatVersion = 1;
+// 2: adds "build" (provenance), "previous_manifest_sha256" and "signers";
+// signatures are one file per signer (signatures.h). Version 1 is not read.
+inline constexpr int kFormatVersion = 2;
 inline constexpr std::string_view kFormatName = "sealed-appliance-manifest";
 // Bounds on untrusted manifests, checked before anything is allocated for them.
 inline constexpr size_t kMaxManifestBytes = 4 * 1024 * 1024;
 inline constexpr size_t kMaxFiles = 10000;
 inline constexpr size_t kMaxPathBytes = 255;
+inline constexpr size_t kMaxSigners = 16;
+inline constexpr size_t kMaxDependencies = 64;
 
 struct FileEntry {
   std::string path;        // relative, '/'-separated, no "", ".", ".." components, no leading '/'
@@ -34,6 +39,15 @@ struct FileEntry {
   std::string role;        // "init" | "runtime" | "library" | "module" | "model" | "config"
 };
 
+// Where the image came from. Deterministic by construction: nothing here may
+// depend on the time or the machine's state beyond the inputs named.
+struct BuildProvenance {
+  std::string source_commit;  // git commit of the source tree, "<40 hex>" or "<40 hex>-dirty", or "unknown"
+  std::string compiler;       // e.g. "GNU 12.2.0"
+  std::string builder;        // the tool that wrote the manifest, e.g. "appliance-image 0.1.0"
+  std::map<std::string, std::string> dependencies;  // name -> version, e.g. "openssl" -> "3.0.19"
+};
+
 struct Manifest {
   uint64_t manifest_version = 1;  // monotonic release counter (rollback protection)
   std::string integrity_level;    // "L1".."L4"
@@ -41,7 +55,12 @@ struct Manifest {
   std::string release;            // e.g. "0.1.0"
   int64_t created = 0;            // SOURCE_DATE_EPOCH of the build, seconds
   std::string kernel_cmdline;     // the command line the image is booted with
-  std::vector<FileEntry> files;   // sorted by path, unique
+  BuildProvenance build;
+  // SHA-256 (lowercase hex) of the previous release's manifest.json bytes;
+  // empty for the first release (serialised as null).
+  std::string previous_manifest_sha256;
+  std::vector<std::string> signers;  // key ids expected to sign (sorted, unique, 1..kMaxSigners)
+  std::vector<FileEntry> files;      // sorted by path, unique
 };
 
 // Canonical bytes (JSON, keys sorted, 2-space indent, trailing newline).
@@ -67,6 +86,9 @@ std::string PathProblem(std::string_view path);
 // `s` with everything but printable ASCII (and backslash) escaped as \xNN,
 // cut after `max_chars`: for putting untrusted names into error messages.
 std::string EscapeForMessage(std::string_view s, size_t max_chars = 80);
+
+// True for a key id: 64 lowercase hex digits (SHA-256 of the raw public key).
+bool IsKeyId(std::string_view s);
 
 bool IsKnownRole(std::string_view role);                 // init runtime library module model config
 bool IsKnownIntegrityLevel(std::string_view level);      // L1 L2 L3 L4

@@ -2,6 +2,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -10,7 +11,10 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <memory>
+#include <optional>
+#include <thread>
 #include <utility>
 
 #include "manifests/crypto.h"
@@ -59,6 +63,51 @@ struct OpenedEntry {
   struct stat st {};
 };
 
+// A regular file opened and checked during the walk, waiting to be hashed.
+struct HashJob {
+  std::string rel;
+  UniqueFd fd;
+  uint64_t size = 0;               // from fstat: the file must hash exactly this many bytes
+  const FileEntry* expected = nullptr;  // kVerify: the manifest's entry
+  FileEntry scanned;               // kScan: the entry being built
+  std::optional<StatusOr<FdDigest>> result;
+};
+
+// Hashes every job, `threads` at a time (the calling thread is one of them),
+// biggest files first so one large file does not start last. Each job's fd is
+// read by exactly one thread; results are stored per job.
+void HashAll(std::vector<HashJob>& jobs, unsigned threads, TreePolicy::HashMethod method,
+             std::atomic<uint64_t>* progress) {
+  std::vector<size_t> order(jobs.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&jobs](size_t a, size_t b) { return jobs[a].size > jobs[b].size; });
+  std::atomic<size_t> next{0};
+  auto work = [&jobs, &order, &next, method, progress]() noexcept {
+    for (size_t i = next.fetch_add(1); i < order.size(); i = next.fetch_add(1)) {
+      HashJob& job = jobs[order[i]];
+      try {
+        job.result.emplace(method == TreePolicy::HashMethod::kMap
+                               ? Sha256MappedFile(job.fd.get(), job.size, job.rel, progress)
+                               : Sha256Fd(job.fd.get(), job.size, job.rel, progress));
+      } catch (const std::exception& e) {  // allocation failure: an error, never a pass
+        job.result.emplace(Status::Error(job.rel + ": hashing failed: " + e.what()));
+      }
+    }
+  };
+  const size_t wanted = std::min<size_t>(threads, jobs.size());
+  {
+    std::vector<std::jthread> helpers;  // joined when the scope ends, whatever happens
+    for (size_t t = 1; t < wanted; ++t) {
+      try {
+        helpers.emplace_back(work);
+      } catch (const std::exception&) {
+        break;  // cannot start another thread: the ones running (and this one) do the rest
+      }
+    }
+    work();
+  }
+}
+
 // One walker for both directions, so "what VerifyTree accepts" and "what
 // ScanTree lists" cannot drift apart.
 class TreeWalker {
@@ -73,14 +122,21 @@ class TreeWalker {
       AddAncestors(mount_point, &allowed_dirs_);
     }
     for (const auto& path : policy_.exempt_files) AddAncestors(path, &allowed_dirs_);
+    for (const auto& path : policy_.exempt_dirs) AddAncestors(path, &allowed_dirs_);
+    threads_ = HashThreads(policy_);
     for (const auto& [path, device] : policy_.allowed_char_devices) AddAncestors(path, &allowed_dirs_);
   }
 
   // kVerify: what must be present.
   Status SetManifest(const Manifest& m) {
     for (const FileEntry& f : m.files) {
-      if (policy_.exempt_files.contains(f.path)) {
+      if (policy_.exempt_files.contains(f.path) || policy_.exempt_dirs.contains(f.path)) {
         return Status::Error(f.path + ": listed in the manifest but exempt from verification by the policy");
+      }
+      for (const auto& dir : policy_.exempt_dirs) {
+        if (f.path.starts_with(dir + "/")) {
+          return Status::Error(f.path + ": listed in the manifest but inside " + dir + ", exempt from verification");
+        }
       }
       listed_.emplace(f.path, &f);
       AddAncestors(f.path, &allowed_dirs_);
@@ -105,13 +161,17 @@ class TreeWalker {
     // with more names than that holds something refused anyway. The bound
     // keeps a hostile directory from making us collect millions of names.
     entry_budget_ = (mode_ == Mode::kVerify ? listed_.size() : 2 * kMaxFiles) + allowed_dirs_.size() +
-                    policy_.exempt_files.size() + policy_.allowed_char_devices.size() + 1;
+                    policy_.exempt_files.size() + policy_.exempt_dirs.size() + policy_.allowed_char_devices.size() + 1;
     // A fresh open file description: readdir() must not move the offset of
     // the caller's fd.
     UniqueFd self(::openat(root_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (!self.valid()) return PosixError("open tree root");
     bool has_content = false;
-    return WalkDirectory(std::move(self), "", &has_content);
+    const Status walked = WalkDirectory(std::move(self), "", &has_content);
+    // Files still waiting to be hashed come before the walk's problem (if
+    // any) in walk order, so a content problem among them is reported first.
+    RETURN_IF_ERROR(Flush());
+    return walked;
   }
 
   Status CheckNothingMissing(const Manifest& m) const {
@@ -182,6 +242,12 @@ class TreeWalker {
       if (!S_ISREG(st.st_mode)) {
         return Status::Error(rel + ": " + TypeName(st.st_mode) + " refused (expected the regular file exempt from the manifest)");
       }
+      RETURN_IF_ERROR(CheckSingleLink(rel, st));
+      *has_content = true;
+      return Status::Ok();
+    }
+    if (policy_.exempt_dirs.contains(rel)) {
+      RETURN_IF_ERROR(CheckExemptDirectory(dir_fd, name, rel, st));
       *has_content = true;
       return Status::Ok();
     }
@@ -267,34 +333,116 @@ class TreeWalker {
     const auto size = static_cast<uint64_t>(file.st.st_size);
     if (size != entry.size) {
       return Status::Error(rel + ": size mismatch (manifest " + std::to_string(entry.size) + ", file " +
-                           std::to_string(size) + ")");
+                           std::to_string(size) + (size < entry.size ? "): truncated" : "): larger than listed"));
     }
     const uint32_t mode = file.st.st_mode & 07777;
     if (mode != entry.mode) {
       return Status::Error(rel + ": mode mismatch (manifest " + ModeString(entry.mode) + ", file " + ModeString(mode) +
                            ")");
     }
-    // Hash the open fd (the one handed back to the caller), never reading
-    // past the listed size: a file that grows meanwhile fails here.
-    ASSIGN_OR_RETURN(FdDigest digest, Sha256Fd(file.fd.get(), entry.size, rel));
-    if (digest.bytes != entry.size) {
-      return Status::Error(rel + ": size mismatch (manifest " + std::to_string(entry.size) + ", read " +
-                           std::to_string(digest.bytes) + " bytes)");
-    }
-    const std::string hex = ToHex(digest.digest);
-    if (hex != entry.sha256) {
-      return Status::Error(rel + ": sha256 mismatch (manifest " + entry.sha256 + ", file " + hex + ")");
-    }
+    // The open fd (the one handed back to the caller) is hashed later, by a
+    // hashing thread, never past the listed size: a file that grows meanwhile fails.
     seen_.insert(rel);
-    if (policy_.keep_open.contains(rel)) {
-      if (::lseek(file.fd.get(), 0, SEEK_SET) != 0) return PosixError("lseek " + rel);
-      kept_.emplace(rel, std::move(file.fd));
+    HashJob job;
+    job.rel = rel;
+    job.fd = std::move(file.fd);
+    job.size = entry.size;
+    job.expected = &entry;
+    return AddJob(std::move(job));
+  }
+
+  // The signatures' directory: a real directory of the tree holding only
+  // regular files with one link (their names and contents are checked by
+  // ReadSignatureDir, which init runs first).
+  Status CheckExemptDirectory(int dir_fd, const std::string& name, const std::string& rel, const struct stat& st) {
+    if (!S_ISDIR(st.st_mode)) {
+      return Status::Error(rel + ": " + TypeName(st.st_mode) + " refused (expected the signatures' directory)");
+    }
+    ASSIGN_OR_RETURN(OpenedEntry dir_entry, OpenSameEntry(dir_fd, name, rel, st, O_DIRECTORY));
+    const int sub_fd = dir_entry.fd.get();
+    DirPtr dir(::fdopendir(sub_fd));
+    if (!dir) return PosixError("opendir " + rel);
+    dir_entry.fd.release();  // owned by the DIR* now
+    std::vector<std::string> names;
+    for (;;) {
+      errno = 0;
+      const dirent* entry = ::readdir(dir.get());
+      if (entry == nullptr) {
+        if (errno != 0) return PosixError("readdir " + rel);
+        break;
+      }
+      if (std::strcmp(entry->d_name, ".") == 0 || std::strcmp(entry->d_name, "..") == 0) continue;
+      if (names.size() >= kMaxSigners) {
+        return Status::Error(rel + ": more than " + std::to_string(kMaxSigners) + " entries (at most " +
+                             std::to_string(kMaxSigners) + " signers)");
+      }
+      names.emplace_back(entry->d_name);
+    }
+    std::sort(names.begin(), names.end());
+    for (const std::string& child : names) {
+      const std::string child_rel = Join(rel, child);
+      if (std::string problem = PathProblem(child_rel); !problem.empty()) {
+        return Status::Error(EscapeForMessage(child_rel) + ": name not allowed in an image (" + problem + ")");
+      }
+      struct stat cst {};
+      if (::fstatat(::dirfd(dir.get()), child.c_str(), &cst, AT_SYMLINK_NOFOLLOW) != 0) {
+        return PosixError("stat " + child_rel);
+      }
+      if (S_ISLNK(cst.st_mode)) return Status::Error(child_rel + ": symbolic link refused");
+      if (cst.st_dev != root_dev_) {
+        return Status::Error(child_rel + ": on another filesystem than the root (mounted over?) refused");
+      }
+      if (!S_ISREG(cst.st_mode)) {
+        return Status::Error(child_rel + ": " + TypeName(cst.st_mode) + " refused (only signature files belong in " +
+                             rel + ")");
+      }
+      RETURN_IF_ERROR(CheckSingleLink(child_rel, cst));
+    }
+    return Status::Ok();
+  }
+
+  Status AddJob(HashJob job) {
+    pending_.push_back(std::move(job));
+    if (pending_.size() >= kMaxPendingHashJobs) return Flush();
+    return Status::Ok();
+  }
+
+  // Hashes the pending files in parallel, then checks the results in walk
+  // order: the first problem reported is the first in walk order.
+  Status Flush() {
+    if (pending_.empty()) return Status::Ok();
+    std::vector<HashJob> jobs = std::move(pending_);
+    pending_.clear();
+    HashAll(jobs, threads_, policy_.hash_method, policy_.progress);
+    for (HashJob& job : jobs) {
+      if (!job.result.has_value()) return Status::Error(job.rel + ": not hashed");  // cannot happen; fail closed
+      if (!job.result->ok()) return job.result->status();
+      const FdDigest& digest = job.result->value();
+      if (mode_ == Mode::kScan) {
+        if (digest.bytes != job.size) return Status::Error(job.rel + ": changed size while being read");
+        job.scanned.sha256 = ToHex(digest.digest);
+        scanned_.push_back(std::move(job.scanned));
+        continue;
+      }
+      const FileEntry& entry = *job.expected;
+      if (digest.bytes != entry.size) {
+        return Status::Error(job.rel + ": size mismatch (manifest " + std::to_string(entry.size) + ", read " +
+                             std::to_string(digest.bytes) + " bytes)");
+      }
+      const std::string hex = ToHex(digest.digest);
+      if (hex != entry.sha256) {
+        return Status::Error(job.rel + ": sha256 mismatch (manifest " + entry.sha256 + ", file " + hex + ")");
+      }
+      if (policy_.keep_open.contains(job.rel)) {
+        if (::lseek(job.fd.get(), 0, SEEK_SET) != 0) return PosixError("lseek " + job.rel);
+        kept_.emplace(job.rel, std::move(job.fd));
+      }
     }
     return Status::Ok();
   }
 
   Status ScanFile(int dir_fd, const std::string& name, const std::string& rel, const struct stat& st) {
-    if (scanned_.size() >= kMaxFiles) {
+    if (scanned_count_ >= kMaxFiles) {
       return Status::Error(rel + ": more than " + std::to_string(kMaxFiles) + " files in the tree");
     }
     ASSIGN_OR_RETURN(OpenedEntry file, OpenSameEntry(dir_fd, name, rel, st, 0));
@@ -306,9 +454,6 @@ class TreeWalker {
     if (entry.mode > 0777) {
       return Status::Error(rel + ": mode " + ModeString(entry.mode) + " refused (set-id and sticky bits are not allowed)");
     }
-    ASSIGN_OR_RETURN(FdDigest digest, Sha256Fd(file.fd.get(), entry.size, rel));
-    if (digest.bytes != entry.size) return Status::Error(rel + ": changed size while being read");
-    entry.sha256 = ToHex(digest.digest);
     if (auto it = roles_->find(rel); it != roles_->end()) {
       entry.role = it->second;
     } else if (auto role = DefaultRoleForPath(rel)) {
@@ -318,8 +463,13 @@ class TreeWalker {
     }
     if (!IsKnownRole(entry.role)) return Status::Error(rel + ": unknown role " + EscapeForMessage(entry.role));
     scanned_paths_.insert(rel);
-    scanned_.push_back(std::move(entry));
-    return Status::Ok();
+    ++scanned_count_;
+    HashJob job;
+    job.rel = rel;
+    job.fd = std::move(file.fd);
+    job.size = entry.size;
+    job.scanned = std::move(entry);
+    return AddJob(std::move(job));
   }
 
   const Mode mode_;
@@ -327,6 +477,8 @@ class TreeWalker {
   std::set<std::string> allowed_dirs_;
   dev_t root_dev_ = 0;
   size_t entry_budget_ = 0;
+  unsigned threads_ = 1;
+  std::vector<HashJob> pending_;  // opened and checked, not hashed yet (walk order)
 
   std::map<std::string, const FileEntry*> listed_;  // kVerify
   std::set<std::string> seen_;                      // kVerify: listed files found and verified
@@ -335,9 +487,21 @@ class TreeWalker {
   const std::map<std::string, std::string>* roles_ = nullptr;  // kScan
   std::vector<FileEntry> scanned_;                              // kScan
   std::set<std::string> scanned_paths_;                         // kScan
+  size_t scanned_count_ = 0;                                    // kScan: files found (hashed or pending)
 };
 
 }  // namespace
+
+unsigned HashThreads(const TreePolicy& policy) {
+  unsigned n = policy.hash_threads;
+  if (n == 0) {
+    // sched_getaffinity, not /sys or /proc: PID 1 verifies before mounting them.
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    n = ::sched_getaffinity(0, sizeof set, &set) == 0 ? static_cast<unsigned>(CPU_COUNT(&set)) : 1;
+  }
+  return std::clamp(n, 1u, kMaxHashThreads);
+}
 
 StatusOr<std::map<std::string, UniqueFd>> VerifyTree(int root_fd, const Manifest& m, const TreePolicy& policy) {
   // The manifest's paths are used to look entries up; only well-formed ones.

@@ -1,5 +1,6 @@
 // Inference state for one sequence: the F32 KV cache, scratch buffers, the
-// thread pool, and the llama forward pass.
+// thread pool, and the forward pass of every architecture Model loads
+// (llama, qwen2, qwen3: see model.h for what differs).
 //
 // Eval() appends tokens at positions n_past()..: n > 1 tokens go through the
 // batched path (one cblas_sgemm per weight panel, attention as per-head GEMMs),
@@ -9,7 +10,10 @@
 //
 // Numerics follow llama.cpp's CPU backend: RMSNorm with a double sum, RoPE
 // angles by repeated multiplication in float, activations converted to each
-// weight's vec_dot_type before the product, softmax with a double sum.
+// weight's vec_dot_type before the product (8-bit blocks for the quantized
+// types: integer dot products when decoding; when batching, the quantized
+// activations in float against a weight panel dequantized to F32, one sgemm),
+// softmax with a double sum.
 // Results do not depend on the thread count: work is split into fixed chunks
 // whose arithmetic is the same whichever thread runs them.
 #pragma once
@@ -35,6 +39,8 @@ class Context {
  public:
   static constexpr int64_t kDefaultMaxCtx = 4096;
   static constexpr int64_t kMaxThreads = 256;
+  // Bound on the activation scratch (not the KV cache): 2 GiB.
+  static constexpr uint64_t kMaxScratchBytes = uint64_t{1} << 31;
 
   static StatusOr<std::unique_ptr<Context>> Create(const Model& model, const ContextOptions& options);
   ~Context();
@@ -66,8 +72,12 @@ class Context {
   // y[n, W.rows] = x[n, W.cols] * W^T.
   void MatMul(const Matrix& w, const float* x, int64_t n, float* y);
   void Attention(int64_t layer, int64_t n, int64_t pos0);
-  void RmsNorm(const float* x, const float* weight, int64_t n, float* out) const;
-  void Rope(float* x, int64_t n, int64_t n_heads) const;  // uses rope_cache_ rows 0..n-1
+  // out[r] = RMSNorm(x[r]) * weight for `rows` rows of `dim` floats (in place allowed).
+  void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float* out) const;
+  // Rotates n tokens x n_heads heads of head_dim_k floats; uses rope_cache_ rows 0..n-1.
+  void Rope(float* x, int64_t n, int64_t n_heads) const;
+  // y[i][j] += bias[j] for n rows of dim (no-op when bias is null).
+  static void AddBias(float* y, const float* bias, int64_t n, int64_t dim);
 
   const Model& model_;
   const LlamaConfig& cfg_;
@@ -76,9 +86,10 @@ class Context {
   int64_t n_past_ = 0;
   ThreadPool pool_;
 
-  // KV cache: [n_layer][n_ctx][kv_dim] each.
+  // KV cache: [n_layer][n_ctx][k_dim] and [n_layer][n_ctx][v_dim].
   std::vector<float> k_cache_, v_cache_;
-  // Activations for up to max_batch_ tokens, row-major [token][feature].
+  // Activations for up to max_batch_ tokens, row-major [token][feature]:
+  // x_, xn_ [n_embd], q_ [q_dim], att_ [attn_dim], gate_, up_ [n_ff].
   std::vector<float> x_, xn_, q_, att_, gate_, up_;
   std::vector<float> rope_cache_;  // [max_batch][n_rot]: cos, sin pairs
   // Activations converted to a weight's vec_dot_type (decode), and rounded

@@ -127,6 +127,8 @@ std::string Quote(std::string_view s) {
 
 }  // namespace
 
+std::string GgufQuote(std::string_view s) { return Quote(s); }
+
 const char* GgufValueTypeName(GgufValueType type) {
   switch (type) {
     case GgufValueType::kU8: return "u8";

@@ -45,6 +45,11 @@ enum class GgufValueType : uint32_t {
 
 const char* GgufValueTypeName(GgufValueType type);
 
+// A string from a file made safe for an error message: in single quotes, at
+// most 64 bytes (then "..."), non-printable bytes and quotes as \xNN, so a
+// message cannot carry terminal control sequences.
+std::string GgufQuote(std::string_view s);
+
 // One metadata value. Scalars keep their raw little-endian bytes; use the
 // typed getters of GgufFile, which convert and range-check.
 struct GgufValue {

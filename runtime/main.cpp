@@ -1,6 +1,12 @@
 // appliance-runtime: the command-line entry point.
 //
-//   generate --model M --prompt P --max-tokens N [--temperature T --top-p P --seed S --threads N] [--json]
+//   generate --model M (--prompt P | --chat (--message ROLE:TEXT ... | --messages FILE)) --max-tokens N
+//            [--temperature T --top-p P --top-k K --min-p P --repeat-penalty R --frequency-penalty F
+//             --presence-penalty P --repeat-last-n N --seed S --threads N] [--json]
+//            --chat renders the messages with the model's chat template (tokenizer.chat_template) and
+//            generates the assistant's reply: --message ROLE:TEXT (ROLE system, user or assistant; split at
+//            the first ':'; repeat in order) and/or --messages FILE, a JSON array
+//            [{"role": "user", "content": "..."}, ...] (the file's messages come first)
 //   logits   --model M (--prompt P | --tokens ID,ID,...) [--top-k K] [--json]
 //   tokenize --model M --text T [--no-bos] [--json]
 //   serve    (--model PATH | --model-fd N) --channel-fd N [--threads N]
@@ -27,6 +33,7 @@
 #include "runtime/kernels/kernels.h"
 #include "runtime/log.h"
 #include "runtime/model.h"
+#include "runtime/protocol.h"
 #include "runtime/server.h"
 #include "runtime/tokenizer.h"
 
@@ -49,14 +56,6 @@ void PrintJson(const Json& j) {
 int Fail(const Status& s) {
   std::fprintf(stderr, "error: %s\n", s.message().c_str());
   return 1;
-}
-
-Status CheckSampling(float temperature, float top_p) {
-  if (!std::isfinite(temperature) || temperature < 0 || temperature > 100) {
-    return Status::Error("--temperature must be in [0, 100]");
-  }
-  if (!(top_p > 0 && top_p <= 1)) return Status::Error("--top-p must be in (0, 1]");
-  return Status::Ok();
 }
 
 // "1,403,407" -> ids; each must be a plain decimal below n_vocab.
@@ -83,28 +82,71 @@ StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& list, int64_t n
 struct GenerateArgs {
   std::string model, prompt;
   int64_t max_tokens = 0;
-  float temperature = 0, top_p = 1;
-  uint64_t seed = 0;
+  SamplerParams sampling;
   int threads = DefaultThreads();
   bool json = false;
+  bool chat = false;
+  std::vector<std::string> messages;  // --message ROLE:TEXT, in order
+  std::string messages_file;          // --messages FILE
 };
 
+constexpr size_t kMaxMessagesFileBytes = 16u << 20;
+
+// --message ROLE:TEXT values and/or the --messages FILE's JSON array.
+StatusOr<std::vector<ChatMessage>> ChatMessages(const GenerateArgs& a) {
+  std::vector<ChatMessage> out;
+  if (!a.messages_file.empty()) {
+    auto file = MappedFile::Open(a.messages_file);
+    if (!file.ok()) return file.status();
+    const std::span<const uint8_t> bytes = file->bytes();
+    if (bytes.size() > kMaxMessagesFileBytes) {
+      return Status::Error(a.messages_file + ": " + std::to_string(bytes.size()) + " bytes (limit " +
+                           std::to_string(kMaxMessagesFileBytes) + ")");
+    }
+    auto parsed = ParseChatMessages(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+    if (!parsed.ok()) return parsed.status().Context(a.messages_file);
+    out = std::move(*parsed);
+  }
+  for (const std::string& m : a.messages) {
+    const size_t colon = m.find(':');
+    const std::string role = m.substr(0, colon);
+    if (colon == std::string::npos || (role != "system" && role != "user" && role != "assistant")) {
+      return Status::Error("--message '" + m.substr(0, 32) + "': expected ROLE:TEXT with ROLE system, user or assistant");
+    }
+    out.push_back({role, m.substr(colon + 1)});
+  }
+  if (out.empty()) return Status::Error("--chat needs at least one --message or a --messages file");
+  return out;
+}
+
 int RunGenerate(const GenerateArgs& a) {
-  Status s = CheckSampling(a.temperature, a.top_p);
+  Status s = ValidateSamplerParams(a.sampling, 1 << 20, ParamStyle::kCli);
   if (!s.ok()) return Fail(s);
+  std::vector<ChatMessage> messages;
+  if (a.chat) {
+    auto m = ChatMessages(a);
+    if (!m.ok()) return Fail(m.status());
+    messages = std::move(*m);
+  }
   auto model = Model::LoadPath(a.model);
   if (!model.ok()) return Fail(model.status());
+  StatusOr<ChatTemplate> tmpl = Status::Error("no chat");
+  if (a.chat) {
+    tmpl = ChatTemplate::FromGguf((*model)->gguf());
+    if (!tmpl.ok()) return Fail(tmpl.status().Context(a.model));
+  }
   ContextOptions opts;
   opts.n_threads = a.threads;
   auto ctx = Context::Create(**model, opts);
   if (!ctx.ok()) return Fail(ctx.status());
   GenerateParams params;
   params.max_tokens = a.max_tokens;
-  params.sampling = {a.temperature, a.top_p, a.seed};
-  auto result = Generate(**ctx, a.prompt, params, nullptr);
+  params.sampling = a.sampling;
+  auto result = a.chat ? GenerateChat(**ctx, *tmpl, messages, params, nullptr) : Generate(**ctx, a.prompt, params, nullptr);
   if (!result.ok()) return Fail(result.status());
   if (a.json) {
     Json j;
+    if (a.chat) j["chat_template"] = tmpl->name();
     j["prompt_tokens"] = result->prompt_tokens;
     j["tokens"] = result->tokens;
     j["text"] = result->text;
@@ -260,15 +302,28 @@ int Main(int argc, char** argv) {
   app.require_subcommand(1);
 
   GenerateArgs gen;
-  CLI::App* g = app.add_subcommand("generate", "generate text from a prompt");
+  CLI::App* g = app.add_subcommand("generate", "generate text from a prompt or, with --chat, chat messages");
   g->add_option("--model", gen.model, "GGUF model file")->required();
-  g->add_option("--prompt", gen.prompt, "prompt text")->required();
+  CLI::Option* gp = g->add_option("--prompt", gen.prompt, "prompt text (control tokens in it stay text)");
   g->add_option("--max-tokens", gen.max_tokens, "tokens to generate")->required()->check(CLI::Range(1, 1 << 20));
-  g->add_option("--temperature", gen.temperature, "0 = greedy (default)");
-  g->add_option("--top-p", gen.top_p, "nucleus sampling threshold in (0, 1] (default 1)");
-  g->add_option("--seed", gen.seed, "sampling seed (default 0)");
+  g->add_option("--temperature", gen.sampling.temperature, "0 = greedy (default)");
+  g->add_option("--top-p", gen.sampling.top_p, "nucleus sampling threshold in (0, 1] (default 1)");
+  g->add_option("--top-k", gen.sampling.top_k, "keep the K most likely tokens (default 0: off)");
+  g->add_option("--min-p", gen.sampling.min_p, "keep tokens with p >= P * p(most likely) (default 0: off)");
+  g->add_option("--repeat-penalty", gen.sampling.repeat_penalty, "repetition penalty in (0, 10] (default 1: off)");
+  g->add_option("--frequency-penalty", gen.sampling.frequency_penalty, "per-occurrence penalty (default 0)");
+  g->add_option("--presence-penalty", gen.sampling.presence_penalty, "penalty for any occurrence (default 0)");
+  g->add_option("--repeat-last-n", gen.sampling.repeat_last_n,
+                "penalty window in tokens (default 64; 0: off, -1: the whole context)");
+  g->add_option("--seed", gen.sampling.seed, "sampling seed (default 0)");
   g->add_option("--threads", gen.threads, "worker threads")->check(CLI::Range(1, 256));
   g->add_flag("--json", gen.json, "print JSON");
+  CLI::Option* gc = g->add_flag("--chat", gen.chat, "render messages with the model's chat template");
+  g->add_option("--message", gen.messages, "ROLE:TEXT (ROLE system, user or assistant); repeat in order")
+      ->needs(gc)
+      ->allow_extra_args(false);
+  g->add_option("--messages", gen.messages_file, "JSON file: [{\"role\": ..., \"content\": ...}, ...]")->needs(gc);
+  gp->excludes(gc);
 
   LogitsArgs lg;
   CLI::App* l = app.add_subcommand("logits", "top-k logits at every position (teacher forcing, one batch)");
@@ -303,7 +358,13 @@ int Main(int argc, char** argv) {
     return 2;
   }
 
-  if (*g) return RunGenerate(gen);
+  if (*g) {
+    if (gp->count() == 0 && !gen.chat) {
+      std::fprintf(stderr, "error: generate needs --prompt or --chat\n");
+      return 2;
+    }
+    return RunGenerate(gen);
+  }
   if (*l) {
     if (lp->count() == 0 && lt->count() == 0) {
       std::fprintf(stderr, "error: logits needs --prompt or --tokens\n");

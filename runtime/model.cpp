@@ -18,14 +18,13 @@ std::string Dims(const GgufTensorInfo& t) {
   return s + "]";
 }
 
-std::string SupportedTypes() { return "f32, f16, bf16, q8_0"; }
-
 // Looks up tensors by name, checks shape and type, and records which tensors
 // were claimed so that leftovers (weights of something we do not implement,
-// e.g. biases or rope_freqs) are refused instead of silently ignored.
+// e.g. rope_freqs or a bias the architecture does not have) are refused
+// instead of silently ignored.
 class TensorBinder {
  public:
-  explicit TensorBinder(const GgufFile& gguf) : gguf_(gguf) {}
+  TensorBinder(const GgufFile& gguf, std::string arch) : gguf_(gguf), arch_(std::move(arch)) {}
 
   const GgufTensorInfo* Lookup(const std::string& name) {
     const GgufTensorInfo* t = gguf_.FindTensor(name);
@@ -33,20 +32,31 @@ class TensorBinder {
     return t;
   }
 
-  // A 1-D F32 vector of n elements (the norms).
+  // A 1-D F32 vector of n elements (norms, biases).
   Status Vector(const std::string& name, int64_t n, const float** out) {
     const GgufTensorInfo* t = Lookup(name);
     if (t == nullptr) return Status::Error("missing tensor '" + name + "'");
-    if (t->n_dims != 1 || t->ne[0] != n) {
-      return Status::Error("tensor '" + name + "' has shape " + Dims(*t) + ", expected [" + std::to_string(n) + "]");
+    return BindVector(*t, n, out);
+  }
+  // As Vector, but a missing tensor leaves *out null.
+  Status OptionalVector(const std::string& name, int64_t n, const float** out) {
+    const GgufTensorInfo* t = Lookup(name);
+    if (t == nullptr) return Status::Ok();
+    return BindVector(*t, n, out);
+  }
+
+  Status BindVector(const GgufTensorInfo& t, int64_t n, const float** out) {
+    const std::string name(t.name);
+    if (t.n_dims != 1 || t.ne[0] != n) {
+      return Status::Error("tensor '" + name + "' has shape " + Dims(t) + ", expected [" + std::to_string(n) + "]");
     }
-    if (t->type != TensorType::kF32) {
-      return Status::Error("tensor '" + name + "' has type " + TensorTypeName(t->type) + ", expected f32");
+    if (t.type != TensorType::kF32) {
+      return Status::Error("tensor '" + name + "' has type " + TensorTypeName(t.type) + ", expected f32");
     }
-    if (reinterpret_cast<uintptr_t>(t->data) % alignof(float) != 0) {
+    if (reinterpret_cast<uintptr_t>(t.data) % alignof(float) != 0) {
       return Status::Error("tensor '" + name + "' data is not 4-byte aligned");
     }
-    *out = reinterpret_cast<const float*>(t->data);
+    *out = reinterpret_cast<const float*>(t.data);
     return Status::Ok();
   }
 
@@ -63,9 +73,10 @@ class TensorBinder {
       return Status::Error("tensor '" + name + "' has shape " + Dims(t) + ", expected [" + std::to_string(cols) + ", " +
                            std::to_string(rows) + "]");
     }
-    if (kernels::Find(t.type) == nullptr) {
+    if (kernels::FindWeight(t.type) == nullptr) {
       return Status::Error("tensor '" + name + "' has type " + TensorTypeName(t.type) +
-                           ", which this runtime cannot compute with yet (supported: " + SupportedTypes() + ")");
+                           ", which this runtime does not support for weights (supported: " +
+                           kernels::SupportedWeightTypes() + ")");
     }
     // F32 rows go straight to BLAS and the float kernels, which need aligned
     // floats; the other types are read bytewise.
@@ -83,8 +94,8 @@ class TensorBinder {
   Status CheckAllUsed() const {
     for (const GgufTensorInfo& t : gguf_.tensors()) {
       if (used_.count(t.name) == 0) {
-        return Status::Error("unexpected tensor '" + std::string(t.name) +
-                             "' (not part of the llama architecture this runtime implements)");
+        return Status::Error("unexpected tensor " + GgufQuote(t.name) + " (not part of the " + arch_ +
+                             " architecture as this runtime implements it)");
       }
     }
     return Status::Ok();
@@ -92,6 +103,7 @@ class TensorBinder {
 
  private:
   const GgufFile& gguf_;
+  const std::string arch_;
   std::unordered_set<std::string_view> used_;
 };
 
@@ -118,34 +130,68 @@ StatusOr<std::unique_ptr<Model>> Model::LoadPath(const std::string& path) {
   return Load(std::move(file), path);
 }
 
+namespace {
+
+// What each architecture adds to the common llama block.
+struct ArchTraits {
+  Arch arch;
+  const char* name;
+  RopeType rope;
+  bool qkv_bias_required;  // qwen2
+  bool bias_allowed;       // llama: optional q/k/v/o biases
+  bool qk_norm;            // qwen3
+};
+constexpr ArchTraits kArchs[] = {
+    {Arch::kLlama, "llama", RopeType::kNorm, false, true, false},
+    {Arch::kQwen2, "qwen2", RopeType::kNeox, true, true, false},
+    {Arch::kQwen3, "qwen3", RopeType::kNeox, false, false, true},
+};
+
+}  // namespace
+
+const char* ArchName(Arch arch) {
+  for (const ArchTraits& a : kArchs) {
+    if (a.arch == arch) return a.name;
+  }
+  return "unknown";
+}
+
 Status Model::Init(const std::string& /*name*/) {
   ASSIGN_OR_RETURN(gguf_, GgufFile::Parse(file_.bytes()));
 
-  std::string_view arch;
-  RETURN_IF_ERROR(gguf_.GetString("general.architecture", &arch, true));
-  if (arch != "llama") {
-    return Status::Error("architecture '" + std::string(arch.substr(0, 64)) +
-                         "' is not supported (this runtime implements llama)");
+  std::string_view arch_name;
+  RETURN_IF_ERROR(gguf_.GetString("general.architecture", &arch_name, true));
+  const ArchTraits* arch = nullptr;
+  for (const ArchTraits& a : kArchs) {
+    if (arch_name == a.name) arch = &a;
   }
+  if (arch == nullptr) {
+    return Status::Error("architecture " + GgufQuote(arch_name) +
+                         " is not supported (this runtime implements llama, qwen2, qwen3)");
+  }
+  const std::string p = std::string(arch->name) + ".";
+  auto key = [&p](const char* k) { return p + k; };
   std::string_view general_name;
   RETURN_IF_ERROR(gguf_.GetString("general.name", &general_name, false));
   name_ = std::string(general_name.substr(0, 256));
 
   // --- hyperparameters ---
   uint32_t n_embd = 0, n_layer = 0, n_head = 0, n_ff = 0, n_ctx = 0;
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.embedding_length", &n_embd, true));
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.block_count", &n_layer, true));
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.attention.head_count", &n_head, true));
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.feed_forward_length", &n_ff, true));
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.context_length", &n_ctx, true));
+  RETURN_IF_ERROR(gguf_.GetUint32(key("embedding_length"), &n_embd, true));
+  RETURN_IF_ERROR(gguf_.GetUint32(key("block_count"), &n_layer, true));
+  RETURN_IF_ERROR(gguf_.GetUint32(key("attention.head_count"), &n_head, true));
+  RETURN_IF_ERROR(gguf_.GetUint32(key("feed_forward_length"), &n_ff, true));
+  RETURN_IF_ERROR(gguf_.GetUint32(key("context_length"), &n_ctx, true));
   uint32_t n_head_kv = n_head;
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.attention.head_count_kv", &n_head_kv, false));
+  RETURN_IF_ERROR(gguf_.GetUint32(key("attention.head_count_kv"), &n_head_kv, false));
   float rms_eps = 0;
-  RETURN_IF_ERROR(gguf_.GetFloat("llama.attention.layer_norm_rms_epsilon", &rms_eps, true));
+  RETURN_IF_ERROR(gguf_.GetFloat(key("attention.layer_norm_rms_epsilon"), &rms_eps, true));
   float freq_base = 10000.0f;
-  RETURN_IF_ERROR(gguf_.GetFloat("llama.rope.freq_base", &freq_base, false));
+  RETURN_IF_ERROR(gguf_.GetFloat(key("rope.freq_base"), &freq_base, false));
 
   LlamaConfig& c = config_;
+  c.arch = arch->arch;
+  c.rope_type = arch->rope;
   c.n_embd = n_embd;
   c.n_layer = n_layer;
   c.n_head = n_head;
@@ -154,60 +200,81 @@ Status Model::Init(const std::string& /*name*/) {
   c.n_ctx_train = n_ctx;
   c.rms_eps = rms_eps;
   c.rope_freq_base = freq_base;
-  RETURN_IF_ERROR(CheckRange("llama.embedding_length", c.n_embd, 1, kMaxEmbd));
-  RETURN_IF_ERROR(CheckRange("llama.block_count", c.n_layer, 1, kMaxLayers));
-  RETURN_IF_ERROR(CheckRange("llama.attention.head_count", c.n_head, 1, kMaxHeads));
-  RETURN_IF_ERROR(CheckRange("llama.attention.head_count_kv", c.n_head_kv, 1, c.n_head));
-  RETURN_IF_ERROR(CheckRange("llama.feed_forward_length", c.n_ff, 1, kMaxFf));
-  RETURN_IF_ERROR(CheckRange("llama.context_length", c.n_ctx_train, 1, INT32_MAX));
-  if (c.n_embd % c.n_head != 0) {
-    return Status::Error("llama.embedding_length " + std::to_string(c.n_embd) +
-                         " is not a multiple of llama.attention.head_count " + std::to_string(c.n_head));
-  }
+  RETURN_IF_ERROR(CheckRange(key("embedding_length").c_str(), c.n_embd, 1, kMaxEmbd));
+  RETURN_IF_ERROR(CheckRange(key("block_count").c_str(), c.n_layer, 1, kMaxLayers));
+  RETURN_IF_ERROR(CheckRange(key("attention.head_count").c_str(), c.n_head, 1, kMaxHeads));
+  RETURN_IF_ERROR(CheckRange(key("attention.head_count_kv").c_str(), c.n_head_kv, 1, c.n_head));
+  RETURN_IF_ERROR(CheckRange(key("feed_forward_length").c_str(), c.n_ff, 1, kMaxFf));
+  RETURN_IF_ERROR(CheckRange(key("context_length").c_str(), c.n_ctx_train, 1, INT32_MAX));
   if (c.n_head % c.n_head_kv != 0) {
-    return Status::Error("llama.attention.head_count " + std::to_string(c.n_head) +
-                         " is not a multiple of llama.attention.head_count_kv " + std::to_string(c.n_head_kv));
+    return Status::Error(key("attention.head_count") + " " + std::to_string(c.n_head) + " is not a multiple of " +
+                         key("attention.head_count_kv") + " " + std::to_string(c.n_head_kv));
   }
-  c.head_dim = c.n_embd / c.n_head;
-  uint32_t n_rot = static_cast<uint32_t>(c.head_dim);
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.rope.dimension_count", &n_rot, false));
+  // Head sizes: explicit (qwen3 decouples them from the embedding width) or
+  // embedding_length / head_count, which must then divide evenly.
+  for (const char* k : {"attention.key_length", "attention.value_length"}) {
+    int64_t* dim = std::string_view(k) == "attention.key_length" ? &c.head_dim_k : &c.head_dim_v;
+    if (gguf_.Find(key(k)) != nullptr) {
+      uint32_t v = 0;
+      RETURN_IF_ERROR(gguf_.GetUint32(key(k), &v, true));
+      *dim = v;
+      RETURN_IF_ERROR(CheckRange(key(k).c_str(), *dim, 1, kMaxHeadDim));
+      continue;
+    }
+    if (c.n_embd % c.n_head != 0) {
+      return Status::Error(key("embedding_length") + " " + std::to_string(c.n_embd) + " is not a multiple of " +
+                           key("attention.head_count") + " " + std::to_string(c.n_head));
+    }
+    *dim = c.n_embd / c.n_head;
+    RETURN_IF_ERROR(CheckRange(("head size " + key("embedding_length") + " / head_count").c_str(), *dim, 1,
+                               kMaxHeadDim));
+  }
+  RETURN_IF_ERROR(CheckRange("query width (head_count * key_length)", c.q_dim(), 1, kMaxAttnDim));
+  RETURN_IF_ERROR(CheckRange("attention output width (head_count * value_length)", c.attn_dim(), 1, kMaxAttnDim));
+  uint32_t n_rot = static_cast<uint32_t>(c.head_dim_k);
+  RETURN_IF_ERROR(gguf_.GetUint32(key("rope.dimension_count"), &n_rot, false));
   c.n_rot = n_rot;
-  if (c.n_rot < 2 || c.n_rot > c.head_dim || c.n_rot % 2 != 0) {
-    return Status::Error("llama.rope.dimension_count " + std::to_string(c.n_rot) +
-                         " must be even and within [2, head_dim " + std::to_string(c.head_dim) + "]");
+  if (c.n_rot < 2 || c.n_rot > c.head_dim_k || c.n_rot % 2 != 0) {
+    return Status::Error(key("rope.dimension_count") + " " + std::to_string(c.n_rot) +
+                         " must be even and within [2, key head size " + std::to_string(c.head_dim_k) + "]");
   }
   if (!std::isfinite(c.rms_eps) || c.rms_eps <= 0.0f || c.rms_eps >= 1.0f) {
-    return Status::Error("llama.attention.layer_norm_rms_epsilon " + std::to_string(c.rms_eps) +
+    return Status::Error(key("attention.layer_norm_rms_epsilon") + " " + std::to_string(c.rms_eps) +
                          " is outside (0, 1)");
   }
   if (!std::isfinite(c.rope_freq_base) || c.rope_freq_base <= 1.0f) {
-    return Status::Error("llama.rope.freq_base " + std::to_string(c.rope_freq_base) + " must be finite and > 1");
+    return Status::Error(key("rope.freq_base") + " " + std::to_string(c.rope_freq_base) + " must be finite and > 1");
   }
 
-  // Variants of the architecture this forward pass does not implement are
-  // refused rather than computed wrongly.
-  uint32_t experts = 0;
-  RETURN_IF_ERROR(gguf_.GetUint32("llama.expert_count", &experts, false));
-  if (experts > 0) return Status::Error("mixture-of-experts llama models (llama.expert_count) are not supported");
-  std::string_view scaling = "none";
-  RETURN_IF_ERROR(gguf_.GetString("llama.rope.scaling.type", &scaling, false));
-  if (scaling != "none") {
-    return Status::Error("llama.rope.scaling.type '" + std::string(scaling.substr(0, 32)) + "' is not supported");
+  // RoPE scaling as llama.cpp reads it: the type defaults to linear; the
+  // factor comes from rope.scaling.factor or the older rope.scale_linear (0 =
+  // unset); type "none" disables scaling whatever the factor. YaRN, LongRoPE
+  // and llama-3 frequency factors change more than a scale and are refused.
+  std::string_view scaling = "linear";
+  RETURN_IF_ERROR(gguf_.GetString(key("rope.scaling.type"), &scaling, false));
+  if (scaling != "linear" && scaling != "none") {
+    return Status::Error(key("rope.scaling.type") + " " + GgufQuote(scaling) +
+                         " is not supported (only linear and none)");
   }
-  float scale_linear = 1.0f;
-  RETURN_IF_ERROR(gguf_.GetFloat("llama.rope.scale_linear", &scale_linear, false));
-  if (scale_linear != 1.0f) return Status::Error("llama.rope.scale_linear other than 1 is not supported");
-  for (const char* key : {"llama.attention.key_length", "llama.attention.value_length"}) {
-    uint32_t len = static_cast<uint32_t>(c.head_dim);
-    RETURN_IF_ERROR(gguf_.GetUint32(key, &len, false));
-    if (len != c.head_dim) {
-      return Status::Error(std::string(key) + " " + std::to_string(len) + " differs from embedding_length / head_count " +
-                           std::to_string(c.head_dim) + " (not supported)");
-    }
+  float factor = 0.0f;
+  std::string factor_key = key("rope.scaling.factor");
+  if (gguf_.Find(factor_key) == nullptr) factor_key = key("rope.scale_linear");
+  RETURN_IF_ERROR(gguf_.GetFloat(factor_key, &factor, false));
+  if (!std::isfinite(factor) || factor < 0.0f || (factor > 0.0f && (factor < 1e-3f || factor > 1e3f))) {
+    return Status::Error(factor_key + " " + std::to_string(factor) + " is outside [1e-3, 1e3] (0 = unset)");
+  }
+  c.rope_freq_scale = (scaling == "none" || factor == 0.0f) ? 1.0f : 1.0f / factor;
+
+  // Variants this forward pass does not implement are refused rather than
+  // computed wrongly.
+  uint32_t experts = 0;
+  RETURN_IF_ERROR(gguf_.GetUint32(key("expert_count"), &experts, false));
+  if (experts > 0) {
+    return Status::Error("mixture-of-experts models (" + key("expert_count") + ") are not supported");
   }
 
   // --- tensors ---
-  TensorBinder bind(gguf_);
+  TensorBinder bind(gguf_, arch->name);
   const GgufTensorInfo* embd = bind.Lookup("token_embd.weight");
   if (embd == nullptr) return Status::Error("missing tensor 'token_embd.weight'");
   if (embd->n_dims != 2) {
@@ -220,16 +287,32 @@ Status Model::Init(const std::string& /*name*/) {
   weights_.layers.resize(static_cast<size_t>(c.n_layer));
   for (int64_t l = 0; l < c.n_layer; ++l) {
     LayerWeights& L = weights_.layers[static_cast<size_t>(l)];
-    const std::string p = "blk." + std::to_string(l) + ".";
-    RETURN_IF_ERROR(bind.Vector(p + "attn_norm.weight", c.n_embd, &L.attn_norm));
-    RETURN_IF_ERROR(bind.Mat(p + "attn_q.weight", c.n_embd, c.q_dim(), &L.wq));
-    RETURN_IF_ERROR(bind.Mat(p + "attn_k.weight", c.n_embd, c.kv_dim(), &L.wk));
-    RETURN_IF_ERROR(bind.Mat(p + "attn_v.weight", c.n_embd, c.kv_dim(), &L.wv));
-    RETURN_IF_ERROR(bind.Mat(p + "attn_output.weight", c.q_dim(), c.n_embd, &L.wo));
-    RETURN_IF_ERROR(bind.Vector(p + "ffn_norm.weight", c.n_embd, &L.ffn_norm));
-    RETURN_IF_ERROR(bind.Mat(p + "ffn_gate.weight", c.n_embd, c.n_ff, &L.w_gate));
-    RETURN_IF_ERROR(bind.Mat(p + "ffn_up.weight", c.n_embd, c.n_ff, &L.w_up));
-    RETURN_IF_ERROR(bind.Mat(p + "ffn_down.weight", c.n_ff, c.n_embd, &L.w_down));
+    const std::string b = "blk." + std::to_string(l) + ".";
+    RETURN_IF_ERROR(bind.Vector(b + "attn_norm.weight", c.n_embd, &L.attn_norm));
+    RETURN_IF_ERROR(bind.Mat(b + "attn_q.weight", c.n_embd, c.q_dim(), &L.wq));
+    RETURN_IF_ERROR(bind.Mat(b + "attn_k.weight", c.n_embd, c.k_dim(), &L.wk));
+    RETURN_IF_ERROR(bind.Mat(b + "attn_v.weight", c.n_embd, c.v_dim(), &L.wv));
+    if (arch->qkv_bias_required) {
+      RETURN_IF_ERROR(bind.Vector(b + "attn_q.bias", c.q_dim(), &L.bq));
+      RETURN_IF_ERROR(bind.Vector(b + "attn_k.bias", c.k_dim(), &L.bk));
+      RETURN_IF_ERROR(bind.Vector(b + "attn_v.bias", c.v_dim(), &L.bv));
+    } else if (arch->bias_allowed) {
+      RETURN_IF_ERROR(bind.OptionalVector(b + "attn_q.bias", c.q_dim(), &L.bq));
+      RETURN_IF_ERROR(bind.OptionalVector(b + "attn_k.bias", c.k_dim(), &L.bk));
+      RETURN_IF_ERROR(bind.OptionalVector(b + "attn_v.bias", c.v_dim(), &L.bv));
+    }
+    if (arch->bias_allowed && arch->arch == Arch::kLlama) {
+      RETURN_IF_ERROR(bind.OptionalVector(b + "attn_output.bias", c.n_embd, &L.bo));
+    }
+    if (arch->qk_norm) {
+      RETURN_IF_ERROR(bind.Vector(b + "attn_q_norm.weight", c.head_dim_k, &L.q_norm));
+      RETURN_IF_ERROR(bind.Vector(b + "attn_k_norm.weight", c.head_dim_k, &L.k_norm));
+    }
+    RETURN_IF_ERROR(bind.Mat(b + "attn_output.weight", c.attn_dim(), c.n_embd, &L.wo));
+    RETURN_IF_ERROR(bind.Vector(b + "ffn_norm.weight", c.n_embd, &L.ffn_norm));
+    RETURN_IF_ERROR(bind.Mat(b + "ffn_gate.weight", c.n_embd, c.n_ff, &L.w_gate));
+    RETURN_IF_ERROR(bind.Mat(b + "ffn_up.weight", c.n_embd, c.n_ff, &L.w_up));
+    RETURN_IF_ERROR(bind.Mat(b + "ffn_down.weight", c.n_ff, c.n_embd, &L.w_down));
   }
   RETURN_IF_ERROR(bind.Vector("output_norm.weight", c.n_embd, &weights_.output_norm));
   if (bind.Lookup("output.weight") != nullptr) {

@@ -1,5 +1,13 @@
-// A llama-architecture model loaded from a GGUF file (llama2.c style: plain
+// A decoder-only transformer loaded from a GGUF file (llama2.c style: plain
 // structs, weights are pointers into the file mapping, nothing is copied).
+//
+// Architectures (general.architecture), all pre-norm RMSNorm + SwiGLU:
+//   llama  grouped-query attention, adjacent-pair RoPE, optional q/k/v/o biases,
+//          tied embeddings when output.weight is absent, linear RoPE scaling
+//   qwen2  llama with required q/k/v biases and NeoX RoPE (pairs (i, i + n_rot/2))
+//   qwen3  qwen2 without biases, with a per-head RMSNorm of q and k before RoPE,
+//          and head dims (attention.key_length/value_length) that may differ
+//          from embedding_length / head_count
 //
 // Load() checks everything the forward pass relies on: the hyperparameters
 // (bounded, consistent), every tensor's presence, shape and type against them,
@@ -19,21 +27,39 @@
 
 namespace appliance::runtime {
 
-struct LlamaConfig {
-  int64_t n_vocab = 0;      // rows of token_embd
-  int64_t n_embd = 0;       // llama.embedding_length
-  int64_t n_layer = 0;      // llama.block_count
-  int64_t n_head = 0;       // llama.attention.head_count
-  int64_t n_head_kv = 0;    // llama.attention.head_count_kv (default n_head)
-  int64_t head_dim = 0;     // n_embd / n_head
-  int64_t n_ff = 0;         // llama.feed_forward_length
-  int64_t n_rot = 0;        // llama.rope.dimension_count (default head_dim)
-  int64_t n_ctx_train = 0;  // llama.context_length
-  float rms_eps = 1e-5f;    // llama.attention.layer_norm_rms_epsilon
-  float rope_freq_base = 10000.0f;  // llama.rope.freq_base
+enum class Arch { kLlama, kQwen2, kQwen3 };
+const char* ArchName(Arch arch);  // "llama", as in general.architecture
 
-  int64_t q_dim() const { return n_head * head_dim; }
-  int64_t kv_dim() const { return n_head_kv * head_dim; }
+// How RoPE pairs up the first n_rot dimensions of a head.
+enum class RopeType {
+  kNorm,  // llama: adjacent pairs (2j, 2j + 1)
+  kNeox,  // GPT-NeoX layout (qwen2, qwen3): pairs (j, j + n_rot / 2)
+};
+
+// Hyperparameters; keys are "<arch>.<name>", e.g. llama.embedding_length.
+struct LlamaConfig {
+  Arch arch = Arch::kLlama;
+  int64_t n_vocab = 0;      // rows of token_embd
+  int64_t n_embd = 0;       // embedding_length
+  int64_t n_layer = 0;      // block_count
+  int64_t n_head = 0;       // attention.head_count
+  int64_t n_head_kv = 0;    // attention.head_count_kv (default n_head)
+  int64_t head_dim_k = 0;   // attention.key_length (default n_embd / n_head): query and key head size
+  int64_t head_dim_v = 0;   // attention.value_length (default n_embd / n_head): value head size
+  int64_t n_ff = 0;         // feed_forward_length
+  int64_t n_rot = 0;        // rope.dimension_count (default head_dim_k)
+  int64_t n_ctx_train = 0;  // context_length
+  float rms_eps = 1e-5f;    // attention.layer_norm_rms_epsilon
+  float rope_freq_base = 10000.0f;  // rope.freq_base
+  // Linear RoPE scaling (position interpolation): positions are multiplied by
+  // this, 1 / rope.scaling.factor (or the older rope.scale_linear).
+  float rope_freq_scale = 1.0f;
+  RopeType rope_type = RopeType::kNorm;
+
+  int64_t q_dim() const { return n_head * head_dim_k; }     // one token's queries
+  int64_t k_dim() const { return n_head_kv * head_dim_k; }  // one token's keys (a K cache row)
+  int64_t v_dim() const { return n_head_kv * head_dim_v; }  // one token's values (a V cache row)
+  int64_t attn_dim() const { return n_head * head_dim_v; }  // attention output, input of wo
 };
 
 // A weight matrix in the mapping: `rows` rows of `cols` elements of `type`,
@@ -49,12 +75,19 @@ struct Matrix {
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
 };
 
+// Vectors are F32 in the mapping; optional ones are null when absent.
 struct LayerWeights {
   const float* attn_norm = nullptr;  // [n_embd]
   Matrix wq;                         // [q_dim rows][n_embd cols]
-  Matrix wk;                         // [kv_dim rows][n_embd cols]
-  Matrix wv;                         // [kv_dim rows][n_embd cols]
-  Matrix wo;                         // [n_embd rows][q_dim cols]
+  Matrix wk;                         // [k_dim rows][n_embd cols]
+  Matrix wv;                         // [v_dim rows][n_embd cols]
+  const float* bq = nullptr;         // [q_dim]  qwen2 (required), llama (optional)
+  const float* bk = nullptr;         // [k_dim]  as bq
+  const float* bv = nullptr;         // [v_dim]  as bq
+  const float* q_norm = nullptr;     // [head_dim_k]  qwen3: RMSNorm weight of every query head
+  const float* k_norm = nullptr;     // [head_dim_k]  qwen3: of every key head
+  Matrix wo;                         // [n_embd rows][attn_dim cols]
+  const float* bo = nullptr;         // [n_embd]  llama (optional)
   const float* ffn_norm = nullptr;   // [n_embd]
   Matrix w_gate;                     // [n_ff rows][n_embd cols]
   Matrix w_up;                       // [n_ff rows][n_embd cols]
@@ -75,6 +108,8 @@ class Model {
   static constexpr int64_t kMaxEmbd = 1 << 16;
   static constexpr int64_t kMaxLayers = 1024;
   static constexpr int64_t kMaxHeads = 1024;
+  static constexpr int64_t kMaxHeadDim = 1024;
+  static constexpr int64_t kMaxAttnDim = 1 << 18;  // q_dim and attn_dim
   static constexpr int64_t kMaxFf = 1 << 18;
   static constexpr int64_t kMaxVocab = 1 << 22;
 

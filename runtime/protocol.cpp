@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 namespace appliance::runtime {
@@ -11,7 +12,6 @@ using Json = nlohmann::ordered_json;
 
 constexpr size_t kMaxIdBytes = 256;
 constexpr int kMaxDepth = 16;
-constexpr double kMaxTemperature = 100.0;
 
 std::string Dump(const Json& j) {
   return j.dump(-1, ' ', false, Json::error_handler_t::replace) + "\n";
@@ -58,6 +58,60 @@ bool GetNumber(const Json& v, double* out) {
   return std::isfinite(*out);
 }
 
+// A double as float without undefined behaviour: magnitudes beyond any valid
+// parameter become infinities, which every range check refuses.
+float ToFloat(double v) {
+  if (v > 1e30) return std::numeric_limits<float>::infinity();
+  if (v < -1e30) return -std::numeric_limits<float>::infinity();
+  return static_cast<float>(v);
+}
+
+// An integer of either JSON sign; unsigned values beyond int64 saturate (and
+// then fail the caller's range check).
+bool GetInt(const Json& v, int64_t* out) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned()) {
+    const uint64_t u = v.get<uint64_t>();
+    *out = u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ? std::numeric_limits<int64_t>::max()
+                                                                           : static_cast<int64_t>(u);
+  } else {
+    *out = v.get<int64_t>();
+  }
+  return true;
+}
+
+constexpr const char* kSamplingFields[] = {"max_tokens",        "temperature",      "top_p",          "seed",
+                                           "top_k",             "min_p",            "repeat_penalty", "frequency_penalty",
+                                           "presence_penalty",  "repeat_last_n"};
+
+// messages: [{"role": "system"|"user"|"assistant", "content": "..."}, ...]
+std::optional<std::string> ParseMessages(const Json& j, std::vector<ChatMessage>* out) {
+  auto it = j.find("messages");
+  if (it == j.end()) return "missing field 'messages'";
+  if (!it->is_array() || it->empty()) return "field 'messages' must be a non-empty array of {\"role\", \"content\"} objects";
+  if (it->size() > ChatTemplate::kMaxMessages) {
+    return "field 'messages' has more than " + std::to_string(ChatTemplate::kMaxMessages) + " entries";
+  }
+  for (size_t i = 0; i < it->size(); ++i) {
+    const Json& m = (*it)[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) return where + " must be an object with 'role' and 'content'";
+    for (auto f = m.begin(); f != m.end(); ++f) {
+      if (f.key() != "role" && f.key() != "content") return where + ": unknown field '" + f.key().substr(0, 64) + "'";
+    }
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string()) return where + ": field 'role' must be a string";
+    const std::string& r = role->get_ref<const std::string&>();
+    if (r != "system" && r != "user" && r != "assistant") {
+      return where + ": field 'role' must be one of system, user, assistant";
+    }
+    auto content = m.find("content");
+    if (content == m.end() || !content->is_string()) return where + ": field 'content' must be a string";
+    out->push_back({r, content->get_ref<const std::string&>()});
+  }
+  return std::nullopt;
+}
+
 ParsedRequest ParseObject(const Json& j, const ProtocolLimits& limits) {
   std::optional<std::string> id;
   if (auto it = j.find("id"); it != j.end()) {
@@ -82,60 +136,73 @@ ParsedRequest ParseObject(const Json& j, const ProtocolLimits& limits) {
     r.id = id;
     return r;
   }
-  if (op != "generate") return Error(id, "unknown op '" + op.substr(0, 64) + "'");
+  if (op != "generate" && op != "chat") return Error(id, "unknown op '" + op.substr(0, 64) + "'");
+  const bool chat = op == "chat";
+  const char* input_field = chat ? "messages" : "prompt";
 
   // Unknown fields are refused: a misspelt "max_token" must not silently
   // fall back to a default.
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
-    if (k != "id" && k != "op" && k != "prompt" && k != "max_tokens" && k != "temperature" && k != "top_p" &&
-        k != "seed") {
-      return Error(id, "unknown field '" + k.substr(0, 64) + "' for op 'generate'");
-    }
+    bool known = k == "id" || k == "op" || k == input_field;
+    for (const char* f : kSamplingFields) known = known || k == f;
+    if (!known) return Error(id, "unknown field '" + k.substr(0, 64) + "' for op '" + op + "'");
   }
-  if (!id) return Error(std::nullopt, "op 'generate' needs an 'id' string");
+  if (!id) return Error(std::nullopt, "op '" + op + "' needs an 'id' string");
   ParsedRequest r;
-  r.kind = ParsedRequest::Kind::kGenerate;
+  r.kind = chat ? ParsedRequest::Kind::kChat : ParsedRequest::Kind::kGenerate;
   r.id = id;
   GenerateRequest& g = r.generate;
   g.id = *id;
 
-  auto prompt = j.find("prompt");
-  if (prompt == j.end()) return Error(id, "missing field 'prompt'");
-  if (!prompt->is_string()) return Error(id, "field 'prompt' must be a string");
-  g.prompt = prompt->get_ref<const std::string&>();
+  if (chat) {
+    if (std::optional<std::string> err = ParseMessages(j, &g.messages)) return Error(id, *err);
+  } else {
+    auto prompt = j.find("prompt");
+    if (prompt == j.end()) return Error(id, "missing field 'prompt'");
+    if (!prompt->is_string()) return Error(id, "field 'prompt' must be a string");
+    g.prompt = prompt->get_ref<const std::string&>();
+  }
 
   auto max_tokens = j.find("max_tokens");
   if (max_tokens == j.end()) return Error(id, "missing field 'max_tokens'");
-  if (!max_tokens->is_number_integer()) return Error(id, "field 'max_tokens' must be an integer");
-  // nlohmann stores non-negative integers as unsigned and negative ones as
-  // signed; read each kind as what it is so no value wraps around.
-  const bool in_range = max_tokens->is_number_unsigned()
-                            ? max_tokens->get<uint64_t>() >= 1 &&
-                                  max_tokens->get<uint64_t>() <= static_cast<uint64_t>(limits.max_tokens)
-                            : max_tokens->get<int64_t>() >= 1 && max_tokens->get<int64_t>() <= limits.max_tokens;
-  if (!in_range) {
+  int64_t mt = 0;
+  if (!GetInt(*max_tokens, &mt)) return Error(id, "field 'max_tokens' must be an integer");
+  if (mt < 1 || mt > limits.max_tokens) {
     return Error(id, "field 'max_tokens' must be in [1, " + std::to_string(limits.max_tokens) + "] (the context size)");
   }
-  g.max_tokens = max_tokens->get<int64_t>();
+  g.max_tokens = mt;
 
-  if (auto t = j.find("temperature"); t != j.end()) {
+  SamplerParams& sp = g.sampling;
+  struct FloatField {
+    const char* name;
+    float* out;
+  };
+  for (const FloatField& f : {FloatField{"temperature", &sp.temperature}, FloatField{"top_p", &sp.top_p},
+                              FloatField{"min_p", &sp.min_p}, FloatField{"repeat_penalty", &sp.repeat_penalty},
+                              FloatField{"frequency_penalty", &sp.frequency_penalty},
+                              FloatField{"presence_penalty", &sp.presence_penalty}}) {
+    auto it = j.find(f.name);
+    if (it == j.end()) continue;
     double v = 0;
-    if (!GetNumber(*t, &v)) return Error(id, "field 'temperature' must be a finite number");
-    if (v < 0 || v > kMaxTemperature) return Error(id, "field 'temperature' must be in [0, 100]");
-    g.sampling.temperature = static_cast<float>(v);
+    if (!GetNumber(*it, &v)) return Error(id, std::string("field '") + f.name + "' must be a finite number");
+    *f.out = ToFloat(v);
   }
-  if (auto p = j.find("top_p"); p != j.end()) {
-    double v = 0;
-    if (!GetNumber(*p, &v)) return Error(id, "field 'top_p' must be a finite number");
-    if (!(v > 0 && v <= 1)) return Error(id, "field 'top_p' must be in (0, 1]");
-    g.sampling.top_p = static_cast<float>(v);
+  for (const char* name : {"top_k", "repeat_last_n"}) {
+    auto it = j.find(name);
+    if (it == j.end()) continue;
+    int64_t v = 0;
+    if (!GetInt(*it, &v)) return Error(id, std::string("field '") + name + "' must be an integer");
+    (std::string_view(name) == "top_k" ? sp.top_k : sp.repeat_last_n) = v;
   }
   if (auto s = j.find("seed"); s != j.end()) {
     if (!s->is_number_integer() || (!s->is_number_unsigned() && s->get<int64_t>() < 0)) {
       return Error(id, "field 'seed' must be a non-negative integer");
     }
-    g.sampling.seed = s->get<uint64_t>();
+    sp.seed = s->get<uint64_t>();
+  }
+  if (Status st = ValidateSamplerParams(sp, limits.max_tokens, ParamStyle::kJson); !st.ok()) {
+    return Error(id, st.message());
   }
   return r;
 }
@@ -152,6 +219,20 @@ ParsedRequest ParseRequest(std::string_view line, const ProtocolLimits& limits) 
   } catch (const std::exception& e) {
     // nlohmann only throws on misuse or allocation failure; never let it out.
     return Error(std::nullopt, std::string("malformed request: ") + e.what());
+  }
+}
+
+StatusOr<std::vector<ChatMessage>> ParseChatMessages(std::string_view json_text) {
+  if (MaxDepth(json_text) > kMaxDepth) return Status::Error("messages: JSON nested too deeply");
+  try {
+    Json j = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded()) return Status::Error("messages: not valid JSON");
+    const Json wrapped = {{"messages", std::move(j)}};
+    std::vector<ChatMessage> out;
+    if (std::optional<std::string> err = ParseMessages(wrapped, &out)) return Status::Error(*err);
+    return out;
+  } catch (const std::exception& e) {
+    return Status::Error(std::string("messages: ") + e.what());
   }
 }
 

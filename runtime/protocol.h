@@ -18,23 +18,30 @@ struct ProtocolLimits {
   int64_t max_tokens = 0;  // upper bound for "max_tokens": the context size
 };
 
+// A "generate" or "chat" job.
 struct GenerateRequest {
   std::string id;
-  std::string prompt;
+  std::string prompt;                 // generate
+  std::vector<ChatMessage> messages;  // chat
   int64_t max_tokens = 0;
   SamplerParams sampling;
 };
 
 struct ParsedRequest {
-  enum class Kind { kGenerate, kShutdown, kError };
+  enum class Kind { kGenerate, kChat, kShutdown, kError };
   Kind kind = Kind::kError;
-  GenerateRequest generate;       // kGenerate
+  GenerateRequest generate;       // kGenerate, kChat
   std::optional<std::string> id;  // kError: the request's id if it had a valid one
   std::string error;              // kError
 };
 
 // Parses one request line (without its newline). Never throws.
 ParsedRequest ParseRequest(std::string_view line, const ProtocolLimits& limits);
+
+// A JSON array of chat messages, [{"role": "user", "content": "..."}, ...],
+// checked as the "messages" field of a chat job (used by `generate --chat
+// --messages FILE`). Never throws.
+StatusOr<std::vector<ChatMessage>> ParseChatMessages(std::string_view json_text);
 
 // Reply lines, each ending in '\n'. Text fields may hold any bytes: invalid
 // UTF-8 is replaced by U+FFFD so a reply is always valid JSON.

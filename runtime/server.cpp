@@ -54,6 +54,11 @@ Status Serve(Context& ctx, int channel_fd) {
   const Model& model = ctx.model();
   ProtocolLimits limits;
   limits.max_tokens = ctx.n_ctx();
+  // The chat template is recognised once; chat jobs get its error when the
+  // model has none this runtime renders.
+  const StatusOr<ChatTemplate> chat_template = ChatTemplate::FromGguf(model.gguf());
+  Log("tokenizer: " + model.tokenizer().Describe() + "; chat template: " +
+      (chat_template.ok() ? chat_template->name() : "unavailable: " + chat_template.status().message()));
   RETURN_IF_ERROR(WriteAll(channel_fd, ReadyEvent(model.name(), model.config().n_vocab)));
   Log("ready: serving jobs on fd " + std::to_string(channel_fd));
 
@@ -111,7 +116,12 @@ Status Serve(Context& ctx, int channel_fd) {
       params.sampling = g.sampling;
       StatusOr<GenerateResult> result = Status::Error("not run");
       try {
-        result = Generate(ctx, g.prompt, params, on_token);
+        if (req.kind == ParsedRequest::Kind::kChat) {
+          result = chat_template.ok() ? GenerateChat(ctx, *chat_template, g.messages, params, on_token)
+                                      : StatusOr<GenerateResult>(chat_template.status());
+        } else {
+          result = Generate(ctx, g.prompt, params, on_token);
+        }
       } catch (const std::exception& e) {  // allocation failure: answer it, keep serving
         result = Status::Error(std::string("internal error: ") + e.what());
       }

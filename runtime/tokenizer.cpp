@@ -2,8 +2,14 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
+#include <iterator>
 #include <queue>
 #include <unordered_map>
+#include <utility>
+
+#include "runtime/pretokenizer.h"
+#include "runtime/unicode.h"
 
 namespace appliance::runtime {
 namespace {
@@ -19,8 +25,16 @@ enum TokenType : int32_t {
   kByte = 6,
 };
 
+enum StripFlags : uint8_t { kLstrip = 1, kRstrip = 2 };
+
 constexpr std::string_view kSpaceMarker = "\xe2\x96\x81";  // U+2581 LOWER ONE EIGHTH BLOCK
-constexpr size_t kMaxEncodeBytes = 16u << 20;
+
+// Tokens that end generation by their text (llama.cpp's special_eog_ids list).
+constexpr std::string_view kEndOfGenerationTexts[] = {
+    "<|eot_id|>", "<|im_end|>",      "<|end|>",          "<|return|>", "<|call|>",
+    "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",     "<EOT>",      "_<EOT>",
+    "<|end_of_text|>", "<end_of_utterance>",
+};
 
 void ReplaceAll(std::string& s, std::string_view from, std::string_view to) {
   std::string out;
@@ -60,20 +74,58 @@ int ParseByteToken(std::string_view t) {
   return hi * 16 + lo;
 }
 
+// isspace() of the C locale, which llama.cpp uses for lstrip/rstrip.
+bool AsciiSpace(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+std::string Hex2(uint8_t b) {
+  static const char kHex[] = "0123456789abcdef";
+  return {kHex[b >> 4], kHex[b & 15]};
+}
+
+// A BPE merge "left right", looked up by a pair of views without allocating.
+struct MergeKey {
+  std::string left, right;
+};
+using MergeView = std::pair<std::string_view, std::string_view>;
+struct MergeHash {
+  using is_transparent = void;
+  size_t operator()(const MergeView& k) const {
+    const size_t a = std::hash<std::string_view>{}(k.first);
+    const size_t b = std::hash<std::string_view>{}(k.second);
+    return a ^ (b + 0x9e3779b97f4a7c15ull + (a << 6) + (a >> 2));
+  }
+  size_t operator()(const MergeKey& k) const { return (*this)(MergeView(k.left, k.right)); }
+};
+struct MergeEq {
+  using is_transparent = void;
+  static MergeView V(const MergeKey& k) { return {k.left, k.right}; }
+  static MergeView V(const MergeView& k) { return k; }
+  template <typename A, typename B>
+  bool operator()(const A& a, const B& b) const {
+    return V(a) == V(b);
+  }
+};
+
 }  // namespace
 
 struct Tokenizer::Impl {
+  bool bpe = false;
+  PreTokenizerInfo pre;  // bpe
+  std::string pre_name;  // bpe
+
   std::vector<std::string> text;   // as stored in the vocab
   std::vector<float> score;
   std::vector<int32_t> type;
+  std::vector<uint8_t> strip;      // StripFlags
   std::vector<std::string> piece;  // what each token prints as
   std::unordered_map<std::string_view, int32_t> to_id;  // keys view into `text`, which never changes after load
-  std::array<int32_t, 256> byte_token{};
-  std::vector<int32_t> user_defined;  // longest text first
+  std::array<int32_t, 256> byte_token{};                // spm
+  std::unordered_map<MergeKey, int32_t, MergeHash, MergeEq> ranks;  // bpe
+  std::vector<int32_t> special;  // control, user-defined and unknown tokens, longest text first
+  std::vector<int32_t> eog;      // sorted
   int32_t bos = kNoToken;
   int32_t eos = kNoToken;
   int32_t unk = kNoToken;
-  int32_t eot = kNoToken;
   bool add_bos = true;
   bool add_space_prefix = true;
 
@@ -82,12 +134,91 @@ struct Tokenizer::Impl {
     return it == to_id.end() ? kNoToken : it->second;
   }
 
-  Status EncodeFragment(std::string_view fragment, bool space_prefix, std::vector<int32_t>* out) const;
+  struct Fragment {
+    int32_t token;  // kNoToken for raw text
+    size_t offset;
+    size_t length;
+  };
+  std::vector<Fragment> Partition(std::string_view input, std::span<const SpecialSpan> trusted) const;
+
+  Status EncodeSpm(std::string_view fragment, bool space_prefix, std::vector<int32_t>* out) const;
+  void EncodeBpe(std::string_view fragment, std::vector<int32_t>* out) const;
+  void MergeWord(const std::string& word, std::vector<int32_t>* out) const;
 };
+
+// ---- special tokens ----
+
+std::vector<Tokenizer::Impl::Fragment> Tokenizer::Impl::Partition(std::string_view input,
+                                                                    std::span<const SpecialSpan> trusted) const {
+  std::vector<Fragment> fragments = {{kNoToken, 0, input.size()}};
+  std::array<bool, 256> present{};
+  for (char c : input) present[static_cast<uint8_t>(c)] = true;
+  // The trusted ranges sorted and merged, so that a lookup is a binary search.
+  std::vector<SpecialSpan> spans(trusted.begin(), trusted.end());
+  std::sort(spans.begin(), spans.end(), [](const SpecialSpan& a, const SpecialSpan& b) { return a.begin < b.begin; });
+  size_t n_spans = 0;
+  for (const SpecialSpan& s : spans) {
+    if (s.end <= s.begin) continue;
+    if (n_spans > 0 && s.begin <= spans[n_spans - 1].end) {
+      spans[n_spans - 1].end = std::max(spans[n_spans - 1].end, s.end);
+    } else {
+      spans[n_spans++] = s;
+    }
+  }
+  spans.resize(n_spans);
+  auto in_trusted = [&](size_t begin, size_t end) {
+    auto it = std::upper_bound(spans.begin(), spans.end(), begin,
+                               [](size_t b, const SpecialSpan& s) { return b < s.begin; });
+    return it != spans.begin() && end <= std::prev(it)->end;
+  };
+  for (int32_t id : special) {
+    const std::string& needle = text[static_cast<size_t>(id)];
+    if (!present[static_cast<uint8_t>(needle[0])]) continue;
+    const bool control = type[static_cast<size_t>(id)] != kUserDefined;
+    if (control && spans.empty()) continue;
+    const uint8_t st = strip[static_cast<size_t>(id)];
+    std::vector<Fragment> next;
+    next.reserve(fragments.size());
+    for (const Fragment& f : fragments) {
+      if (f.token != kNoToken) {
+        next.push_back(f);
+        continue;
+      }
+      const size_t end = f.offset + f.length;
+      const std::string_view area = input.substr(0, end);
+      size_t raw_start = f.offset;
+      size_t search = f.offset;
+      for (;;) {
+        const size_t hit = area.find(needle, search);
+        if (hit == std::string_view::npos) break;
+        if (control && !in_trusted(hit, hit + needle.size())) {
+          search = hit + 1;
+          continue;
+        }
+        size_t left_end = hit;
+        if (st & kLstrip) {
+          while (left_end > raw_start && AsciiSpace(input[left_end - 1])) --left_end;
+        }
+        if (left_end > raw_start) next.push_back({kNoToken, raw_start, left_end - raw_start});
+        next.push_back({id, hit, needle.size()});
+        size_t right = hit + needle.size();
+        if (st & kRstrip) {
+          while (right < end && AsciiSpace(input[right])) ++right;
+        }
+        raw_start = search = right;
+      }
+      if (raw_start < end) next.push_back({kNoToken, raw_start, end - raw_start});
+    }
+    fragments = std::move(next);
+  }
+  return fragments;
+}
+
+// ---- SentencePiece ----
 
 namespace {
 
-// The SentencePiece merge loop of llama.cpp's llm_tokenizer_spm_session.
+// The merge loop of llama.cpp's llm_tokenizer_spm_session.
 struct Symbol {
   int prev;
   int next;
@@ -95,7 +226,7 @@ struct Symbol {
   size_t n;
 };
 
-struct Bigram {
+struct SpmBigram {
   int left;
   int right;
   float score;
@@ -103,20 +234,13 @@ struct Bigram {
 };
 
 // Highest score on top; equal scores: the leftmost pair first.
-struct BigramOrder {
-  bool operator()(const Bigram& l, const Bigram& r) const {
+struct SpmBigramOrder {
+  bool operator()(const SpmBigram& l, const SpmBigram& r) const {
     return l.score < r.score || (l.score == r.score && l.left > r.left);
   }
 };
 
-}  // namespace
-
-Status Tokenizer::Impl::EncodeFragment(std::string_view fragment, bool space_prefix, std::vector<int32_t>* out) const {
-  std::string s;
-  if (space_prefix) s = " ";
-  s.append(fragment);
-  ReplaceAll(s, " ", kSpaceMarker);
-
+std::vector<Symbol> SplitChars(const std::string& s) {
   std::vector<Symbol> symbols;
   symbols.reserve(s.size());
   for (size_t offs = 0; offs < s.size();) {
@@ -128,19 +252,30 @@ Status Tokenizer::Impl::EncodeFragment(std::string_view fragment, bool space_pre
     sym.next = offs == s.size() ? -1 : static_cast<int>(symbols.size()) + 1;
     symbols.push_back(sym);
   }
+  return symbols;
+}
 
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramOrder> queue;
+}  // namespace
+
+Status Tokenizer::Impl::EncodeSpm(std::string_view fragment, bool space_prefix, std::vector<int32_t>* out) const {
+  std::string s;
+  if (space_prefix) s = " ";
+  s.append(fragment);
+  ReplaceAll(s, " ", kSpaceMarker);
+
+  std::vector<Symbol> symbols = SplitChars(s);
+  std::priority_queue<SpmBigram, std::vector<SpmBigram>, SpmBigramOrder> queue;
   auto try_add = [&](int left, int right) {
     if (left == -1 || right == -1) return;
     const std::string_view merged(symbols[left].text, symbols[left].n + symbols[right].n);
     const int32_t id = Lookup(merged);
     if (id == kNoToken) return;
-    queue.push(Bigram{left, right, score[static_cast<size_t>(id)], merged.size()});
+    queue.push(SpmBigram{left, right, score[static_cast<size_t>(id)], merged.size()});
   };
   for (int i = 1; i < static_cast<int>(symbols.size()); ++i) try_add(i - 1, i);
 
   while (!queue.empty()) {
-    const Bigram b = queue.top();
+    const SpmBigram b = queue.top();
     queue.pop();
     Symbol& left = symbols[b.left];
     Symbol& right = symbols[b.right];
@@ -170,8 +305,7 @@ Status Tokenizer::Impl::EncodeFragment(std::string_view fragment, bool space_pre
       // FromGguf maps every byte to a byte token or <unk> (whose id defaults
       // to 0 as in llama.cpp), so this is a guard, not an expected path.
       if (bt == kNoToken) {
-        return Status::Error("tokenizer: byte 0x" + std::string(1, "0123456789ABCDEF"[byte >> 4]) +
-                             std::string(1, "0123456789ABCDEF"[byte & 15]) +
+        return Status::Error("tokenizer: byte 0x" + Hex2(byte) +
                              " has no token and the vocab has no byte fallback or unknown token");
       }
       out->push_back(bt);
@@ -180,14 +314,146 @@ Status Tokenizer::Impl::EncodeFragment(std::string_view fragment, bool space_pre
   return Status::Ok();
 }
 
+// ---- byte-level BPE ----
+
+namespace {
+
+struct BpeBigram {
+  int left;
+  int right;
+  int32_t rank;
+  size_t size;
+};
+
+// Lowest rank on top; equal ranks: the leftmost pair first.
+struct BpeBigramOrder {
+  bool operator()(const BpeBigram& l, const BpeBigram& r) const {
+    return l.rank > r.rank || (l.rank == r.rank && l.left > r.left);
+  }
+};
+
+}  // namespace
+
+// llama.cpp's llm_tokenizer_bpe_session::tokenize for one word (already in
+// the byte-level alphabet).
+void Tokenizer::Impl::MergeWord(const std::string& word, std::vector<int32_t>* out) const {
+  if (pre.ignore_merges) {
+    if (const int32_t id = Lookup(word); id != kNoToken) {
+      out->push_back(id);
+      return;
+    }
+  }
+  std::vector<Symbol> symbols = SplitChars(word);
+  std::priority_queue<BpeBigram, std::vector<BpeBigram>, BpeBigramOrder> queue;
+  auto try_add = [&](int left, int right) {
+    if (left == -1 || right == -1) return;
+    const MergeView key(std::string_view(symbols[left].text, symbols[left].n),
+                        std::string_view(symbols[right].text, symbols[right].n));
+    auto it = ranks.find(key);
+    if (it == ranks.end()) return;
+    queue.push(BpeBigram{left, right, it->second, symbols[left].n + symbols[right].n});
+  };
+  for (int i = 1; i < static_cast<int>(symbols.size()); ++i) try_add(i - 1, i);
+
+  while (!queue.empty()) {
+    const BpeBigram b = queue.top();
+    queue.pop();
+    Symbol& left = symbols[b.left];
+    Symbol& right = symbols[b.right];
+    // Stale (llama.cpp compares the texts; symbols only grow to the right or
+    // vanish, so equal sizes of two live neighbours mean equal texts).
+    if (left.n == 0 || right.n == 0 || left.next != b.right || left.n + right.n != b.size) continue;
+    left.n += right.n;
+    right.n = 0;
+    left.next = right.next;
+    if (right.next >= 0) symbols[right.next].prev = b.left;
+    try_add(left.prev, b.left);
+    try_add(b.left, left.next);
+  }
+
+  for (int i = symbols.empty() ? -1 : 0; i != -1; i = symbols[i].next) {
+    const Symbol& sym = symbols[i];
+    const int32_t id = Lookup(std::string_view(sym.text, sym.n));
+    if (id != kNoToken) {
+      out->push_back(id);
+      continue;
+    }
+    // As llama.cpp: each byte of the symbol as a one-byte token, if the vocab
+    // has one (with every byte-level character a token, this never happens).
+    for (size_t j = 0; j < sym.n; ++j) {
+      const int32_t bt = Lookup(std::string_view(sym.text + j, 1));
+      if (bt != kNoToken) out->push_back(bt);
+    }
+  }
+}
+
+void Tokenizer::Impl::EncodeBpe(std::string_view fragment, std::vector<int32_t>* out) const {
+  const std::vector<uint32_t> cps = unicode::DecodeUtf8(fragment);
+  const std::vector<size_t> words = PreTokenize(pre.kind, cps);
+  std::string utf8, word;
+  size_t start = 0;
+  for (size_t len : words) {
+    utf8.clear();
+    for (size_t i = start; i < start + len; ++i) unicode::AppendUtf8(cps[i], &utf8);
+    start += len;
+    word.clear();
+    for (char c : utf8) word.append(unicode::ByteToUtf8(static_cast<uint8_t>(c)));
+    MergeWord(word, out);
+  }
+}
+
+// ---- loading ----
+
+namespace {
+
+// The bytes a BPE token's byte-level text stands for (llama.cpp's
+// llama_decode_text, including its marker for characters outside the alphabet).
+std::string DecodeByteLevel(std::string_view t) {
+  std::string out;
+  for (uint32_t cp : unicode::DecodeUtf8(t)) {
+    const int b = unicode::CodepointToByte(cp);
+    if (b >= 0) {
+      out.push_back(static_cast<char>(b));
+      continue;
+    }
+    std::string utf8;
+    unicode::AppendUtf8(cp, &utf8);
+    out += "[UNK_BYTE_0x";
+    for (char c : utf8) out += Hex2(static_cast<uint8_t>(c));
+    out += std::string(t) + "]";
+  }
+  return out;
+}
+
+}  // namespace
+
 StatusOr<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
   std::string_view model;
   RETURN_IF_ERROR(gguf.GetString("tokenizer.ggml.model", &model, true));
-  if (model != "llama") {
-    return Status::Error("tokenizer.ggml.model '" + std::string(model.substr(0, 32)) +
-                         "' is not supported (only the SentencePiece 'llama' tokenizer)");
-  }
   auto impl = std::make_shared<Impl>();
+  if (model == "gpt2") {
+    impl->bpe = true;
+  } else if (model != "llama") {
+    return Status::Error("tokenizer.ggml.model '" + std::string(model.substr(0, 32)) +
+                         "' is not supported (only SentencePiece 'llama' and byte-level BPE 'gpt2')");
+  }
+  if (impl->bpe) {
+    const GgufValue* pre = gguf.Find("tokenizer.ggml.pre");
+    if (pre == nullptr) {
+      return Status::Error(
+          "tokenizer: BPE vocab without tokenizer.ggml.pre; refusing to guess the pre-tokenizer (supported: " +
+          SupportedPreTokenizers() + ")");
+    }
+    std::string_view name;
+    RETURN_IF_ERROR(gguf.GetString("tokenizer.ggml.pre", &name, true).Context("tokenizer"));
+    const std::optional<PreTokenizerInfo> info = LookupPreTokenizer(name);
+    if (!info) {
+      return Status::Error("tokenizer: pre-tokenizer '" + std::string(name.substr(0, 64)) +
+                           "' (tokenizer.ggml.pre) is not supported (supported: " + SupportedPreTokenizers() + ")");
+    }
+    impl->pre = *info;
+    impl->pre_name = std::string(name);
+  }
 
   const GgufValue* tokens = gguf.Find("tokenizer.ggml.tokens");
   if (tokens == nullptr) return Status::Error("tokenizer: required key 'tokenizer.ggml.tokens' is missing");
@@ -195,7 +461,7 @@ StatusOr<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
     return Status::Error("tokenizer: tokenizer.ggml.tokens must be an array of strings");
   }
   const uint64_t n = tokens->count;
-  if (n == 0 || n > kMaxTokens) {
+  if (n == 0 || n > kMaxTokens || tokens->strings.size() != n) {
     return Status::Error("tokenizer: tokenizer.ggml.tokens has " + std::to_string(n) + " entries, expected 1.." +
                          std::to_string(kMaxTokens));
   }
@@ -229,21 +495,52 @@ StatusOr<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
     }
     impl->type.push_back(static_cast<int32_t>(type));
   }
+  impl->strip.assign(n, 0);
+
+  if (impl->bpe) {
+    const GgufValue* merges = gguf.Find("tokenizer.ggml.merges");
+    if (merges == nullptr) return Status::Error("tokenizer: BPE vocab without tokenizer.ggml.merges");
+    if (merges->type != GgufValueType::kArray || merges->elem_type != GgufValueType::kString) {
+      return Status::Error("tokenizer: tokenizer.ggml.merges must be an array of strings");
+    }
+    if (merges->count > kMaxMerges || merges->strings.size() != merges->count) {
+      return Status::Error("tokenizer: tokenizer.ggml.merges has " + std::to_string(merges->count) +
+                           " entries (limit " + std::to_string(kMaxMerges) + ")");
+    }
+    impl->ranks.reserve(static_cast<size_t>(merges->count));
+    for (uint64_t i = 0; i < merges->count; ++i) {
+      const std::string_view m = merges->strings[i];
+      if (m.size() > 2 * kMaxTokenBytes + 1) {
+        return Status::Error("tokenizer: merge " + std::to_string(i) + " is " + std::to_string(m.size()) +
+                             " bytes long (limit " + std::to_string(2 * kMaxTokenBytes + 1) + ")");
+      }
+      // As llama.cpp: split at the first space after the first byte; the
+      // first occurrence of a pair keeps its rank. A merge without a space
+      // could never apply.
+      const size_t space = m.size() > 1 ? m.find(' ', 1) : std::string_view::npos;
+      if (space == std::string_view::npos) continue;
+      impl->ranks.emplace(MergeKey{std::string(m.substr(0, space)), std::string(m.substr(space + 1))},
+                          static_cast<int32_t>(i));
+    }
+  }
 
   impl->byte_token.fill(kNoToken);
   for (uint64_t i = 0; i < n; ++i) {
     const int32_t id = static_cast<int32_t>(i);
     const std::string& t = impl->text[i];
-    impl->to_id[t] = id;  // a later duplicate wins, as in llama.cpp
+    impl->to_id[t] = id;  // a later duplicate wins
     std::string p;
     switch (impl->type[i]) {
       case kNormal:
-        p = t;
-        ReplaceAll(p, kSpaceMarker, " ");
+        if (impl->bpe) {
+          p = DecodeByteLevel(t);
+        } else {
+          p = t;
+          ReplaceAll(p, kSpaceMarker, " ");
+        }
         break;
       case kUserDefined:
         p = t;
-        impl->user_defined.push_back(id);
         break;
       case kByte: {
         const int b = ParseByteToken(t);
@@ -255,24 +552,32 @@ StatusOr<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
         break;
     }
     impl->piece.push_back(std::move(p));
+    if (impl->type[i] == kControl || impl->type[i] == kUserDefined || impl->type[i] == kUnknown) {
+      impl->special.push_back(id);
+    }
   }
-  // Byte fallback as llama.cpp's byte_to_token: "<0xXX>", else the byte itself
-  // as a one-character token, else (where llama.cpp would throw) <unk>.
-  static const char kHex[] = "0123456789ABCDEF";
-  for (int b = 0; b < 256; ++b) {
-    const char name[6] = {'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'};
-    int32_t id = impl->Lookup(std::string_view(name, 6));
-    if (id == kNoToken) id = impl->Lookup(std::string_view(std::string(1, static_cast<char>(b))));
-    impl->byte_token[static_cast<size_t>(b)] = id;
-  }
-  std::stable_sort(impl->user_defined.begin(), impl->user_defined.end(), [&](int32_t a, int32_t b) {
+  // Longest first; equal lengths by id, so the order never depends on the sort.
+  std::stable_sort(impl->special.begin(), impl->special.end(), [&](int32_t a, int32_t b) {
     return impl->text[static_cast<size_t>(a)].size() > impl->text[static_cast<size_t>(b)].size();
   });
 
-  // Special ids: llama.cpp's SPM defaults, overridden by valid metadata; an
-  // out-of-range id (e.g. 0xFFFFFFFF for "none") keeps the default, as there.
+  if (!impl->bpe) {
+    // Byte fallback as llama.cpp's byte_to_token: "<0xXX>", else the byte
+    // itself as a one-character token, else (where llama.cpp would throw) <unk>.
+    static const char kHex[] = "0123456789ABCDEF";
+    for (int b = 0; b < 256; ++b) {
+      const char name[6] = {'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'};
+      int32_t id = impl->Lookup(std::string_view(name, 6));
+      if (id == kNoToken) id = impl->Lookup(std::string_view(std::string(1, static_cast<char>(b))));
+      impl->byte_token[static_cast<size_t>(b)] = id;
+    }
+  }
+
+  // Special ids: llama.cpp's defaults per tokenizer model, overridden by
+  // valid metadata; an out-of-range id (e.g. 0xFFFFFFFF for "none") keeps the
+  // default, as there.
   auto special = [&](const char* key, int32_t def, int32_t* out) -> Status {
-    *out = def < static_cast<int64_t>(n) ? def : kNoToken;
+    *out = def >= 0 && def < static_cast<int64_t>(n) ? def : kNoToken;
     const GgufValue* v = gguf.Find(key);
     if (v == nullptr) return Status::Ok();
     uint32_t id = 0;
@@ -284,28 +589,47 @@ StatusOr<Tokenizer> Tokenizer::FromGguf(const GgufFile& gguf) {
     if (id < n) *out = static_cast<int32_t>(id);
     return Status::Ok();
   };
-  RETURN_IF_ERROR(special("tokenizer.ggml.bos_token_id", 1, &impl->bos));
-  RETURN_IF_ERROR(special("tokenizer.ggml.eos_token_id", 2, &impl->eos));
-  RETURN_IF_ERROR(special("tokenizer.ggml.unknown_token_id", 0, &impl->unk));
-  RETURN_IF_ERROR(special("tokenizer.ggml.eot_token_id", kNoToken, &impl->eot));
-  if (impl->eot == kNoToken) {
-    // Chat models end a turn with one of these (llama.cpp's list for SPM-era models).
-    for (const char* t : {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<EOT>"}) {
-      const int32_t id = impl->Lookup(t);
-      if (id != kNoToken && impl->type[static_cast<size_t>(id)] == kControl) {
-        impl->eot = id;
-        break;
-      }
+  int32_t eot = kNoToken, eom = kNoToken;
+  RETURN_IF_ERROR(special("tokenizer.ggml.bos_token_id", impl->bpe ? 11 : 1, &impl->bos));
+  RETURN_IF_ERROR(special("tokenizer.ggml.eos_token_id", impl->bpe ? 11 : 2, &impl->eos));
+  RETURN_IF_ERROR(special("tokenizer.ggml.unknown_token_id", impl->bpe ? kNoToken : 0, &impl->unk));
+  RETURN_IF_ERROR(special("tokenizer.ggml.eot_token_id", kNoToken, &eot));
+  RETURN_IF_ERROR(special("tokenizer.ggml.eom_token_id", kNoToken, &eom));
+  for (int32_t id : {impl->eos, eot, eom}) {
+    if (id != kNoToken) impl->eog.push_back(id);
+  }
+  for (std::string_view t : kEndOfGenerationTexts) {
+    if (const int32_t id = impl->Lookup(t); id != kNoToken) impl->eog.push_back(id);
+  }
+  std::sort(impl->eog.begin(), impl->eog.end());
+  impl->eog.erase(std::unique(impl->eog.begin(), impl->eog.end()), impl->eog.end());
+  if (!impl->bpe) {
+    for (int b = 0; b < 256; ++b) {
+      if (impl->byte_token[static_cast<size_t>(b)] == kNoToken) impl->byte_token[static_cast<size_t>(b)] = impl->unk;
     }
   }
-  for (int b = 0; b < 256; ++b) {
-    if (impl->byte_token[static_cast<size_t>(b)] == kNoToken) impl->byte_token[static_cast<size_t>(b)] = impl->unk;
-  }
 
+  impl->add_bos = impl->bpe ? impl->pre.add_bos : true;
+  impl->add_space_prefix = !impl->bpe;
   RETURN_IF_ERROR(gguf.GetBool("tokenizer.ggml.add_bos_token", &impl->add_bos, false).Context("tokenizer"));
   RETURN_IF_ERROR(gguf.GetBool("tokenizer.ggml.add_space_prefix", &impl->add_space_prefix, false).Context("tokenizer"));
   if (impl->add_bos && impl->bos == kNoToken) {
     return Status::Error("tokenizer: tokenizer.ggml.add_bos_token is true, but there is no valid bos_token_id");
+  }
+
+  // Per-token strip attributes, set by model name as llama.cpp does: Phi-3's
+  // special tokens (and </s>) swallow the whitespace after them, except
+  // <unk>, <s> and <|endoftext|>.
+  std::string_view name;
+  RETURN_IF_ERROR(gguf.GetString("general.name", &name, false).Context("tokenizer"));
+  std::string lname(name.substr(0, 256));
+  for (char& c : lname) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lname.find("phi-3") != std::string::npos || lname.find("phi3") != std::string::npos) {
+    for (int32_t id : impl->special) impl->strip[static_cast<size_t>(id)] |= kRstrip;
+    if (const int32_t id = impl->Lookup("</s>"); id != kNoToken) impl->strip[static_cast<size_t>(id)] |= kRstrip;
+    for (std::string_view t : {"<unk>", "<s>", "<|endoftext|>"}) {
+      if (const int32_t id = impl->Lookup(t); id != kNoToken) impl->strip[static_cast<size_t>(id)] &= static_cast<uint8_t>(~kRstrip);
+    }
   }
 
   Tokenizer tok;
@@ -318,14 +642,23 @@ int32_t Tokenizer::bos() const { return impl_->bos; }
 int32_t Tokenizer::eos() const { return impl_->eos; }
 bool Tokenizer::add_bos() const { return impl_->add_bos; }
 
-bool Tokenizer::IsEndOfGeneration(int32_t id) const {
-  return id != kNoToken && (id == impl_->eos || id == impl_->eot);
+std::string Tokenizer::Describe() const {
+  if (!impl_) return "none";
+  if (!impl_->bpe) return "SentencePiece";
+  return "byte-level BPE (pre-tokenizer '" + impl_->pre_name + "')";
 }
+
+bool Tokenizer::IsEndOfGeneration(int32_t id) const {
+  return id != kNoToken && std::binary_search(impl_->eog.begin(), impl_->eog.end(), id);
+}
+
+int32_t Tokenizer::Find(std::string_view text) const { return impl_->Lookup(text); }
 
 std::string_view Tokenizer::Piece(int32_t id) const { return impl_->piece[static_cast<size_t>(id)]; }
 std::string_view Tokenizer::Text(int32_t id) const { return impl_->text[static_cast<size_t>(id)]; }
 
-StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text, bool add_bos) const {
+StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text, bool add_bos,
+                                                 std::span<const SpecialSpan> special) const {
   if (text.size() > kMaxEncodeBytes) {
     return Status::Error("tokenizer: text of " + std::to_string(text.size()) + " bytes exceeds the limit of " +
                          std::to_string(kMaxEncodeBytes));
@@ -335,47 +668,73 @@ StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text, bool add
   if (add_bos && im.bos != kNoToken) out.push_back(im.bos);
   if (text.empty()) return out;
 
-  // Fragments: user-defined tokens cut out of the text, longest token first.
-  struct Fragment {
-    int32_t token;  // kNoToken for raw text
-    size_t offset;
-    size_t length;
-  };
-  std::vector<Fragment> fragments = {{kNoToken, 0, text.size()}};
-  for (int32_t ud : im.user_defined) {
-    const std::string& needle = im.text[static_cast<size_t>(ud)];
-    std::vector<Fragment> next;
-    for (const Fragment& f : fragments) {
-      if (f.token != kNoToken) {
-        next.push_back(f);
-        continue;
-      }
-      size_t pos = f.offset;
-      const size_t end = f.offset + f.length;
-      for (;;) {
-        const size_t hit = text.substr(0, end).find(needle, pos);
-        if (hit == std::string_view::npos) break;
-        if (hit > pos) next.push_back({kNoToken, pos, hit - pos});
-        next.push_back({ud, hit, needle.size()});
-        pos = hit + needle.size();
-      }
-      if (pos < end) next.push_back({kNoToken, pos, end - pos});
-    }
-    fragments = std::move(next);
-  }
-
-  bool prev_special = true;  // the first fragment gets the space prefix
-  for (const Fragment& f : fragments) {
+  bool prev_special = true;  // SentencePiece: the first fragment gets the space prefix
+  for (const Impl::Fragment& f : im.Partition(text, special)) {
     if (f.token != kNoToken) {
       out.push_back(f.token);
       prev_special = true;
       continue;
     }
-    RETURN_IF_ERROR(im.EncodeFragment(text.substr(f.offset, f.length), im.add_space_prefix && prev_special, &out));
+    const std::string_view fragment = text.substr(f.offset, f.length);
+    if (im.bpe) {
+      im.EncodeBpe(fragment, &out);
+    } else {
+      RETURN_IF_ERROR(im.EncodeSpm(fragment, im.add_space_prefix && prev_special, &out));
+    }
     prev_special = false;
   }
   return out;
 }
+
+namespace {
+
+// llama.cpp's clean_up_tokenization_spaces passes of detokenize(), ported
+// as they are (in place, each pass keeping the first byte).
+std::string CleanSpaces(std::string t) {
+  size_t total = t.size();
+  {  // " ?", " !", " .", " ,": drop the space
+    const size_t n = total;
+    total = total ? 1 : 0;
+    for (size_t i = 1; i < n; ++i) {
+      const char x = t[i];
+      if (t[i - 1] == ' ' && (x == '?' || x == '!' || x == '.' || x == ',')) --total;
+      t[total++] = x;
+    }
+  }
+  {  // " ' ": a lone apostrophe between spaces loses both
+    const size_t n = total;
+    total = total ? 1 : 0;
+    for (size_t i = 1; i < n; ++i) {
+      const char x = t[i];
+      if (x == '\'' && i + 1 < n && t[i - 1] == ' ' && t[i + 1] == ' ') {
+        --total;
+        t[++i] = '\0';
+      }
+      t[total++] = x;
+    }
+  }
+  {  // " 's", " 'm", " 're", " 've": drop the space
+    const size_t n = total;
+    total = total ? 1 : 0;
+    for (size_t i = 1; i < n; ++i) {
+      const char x = t[i];
+      if (t[i - 1] == ' ' && x == '\'' && i + 1 < n) {
+        const char x1 = t[i + 1];
+        if (x1 == 's' || x1 == 'm') {
+          --total;
+        } else if (x1 != 't' && x1 != 'd' && i + 2 < n) {
+          const char x2 = t[i + 2];
+          if ((x1 == 'r' && x2 == 'e') || (x1 == 'v' && x2 == 'e')) --total;
+        }
+      }
+      t[total++] = x;
+    }
+  }
+  t.resize(total);
+  return t;
+}
+
+}  // namespace
 
 std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
   std::string out;
@@ -389,6 +748,7 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
     strip_space = false;
     out.append(p);
   }
+  if (impl_->bpe && impl_->pre.clean_spaces) out = CleanSpaces(out);
   return out;
 }
 

@@ -63,6 +63,25 @@ Isa CurrentIsa() {
 
 const TypeKernels* Find(TensorType type) { return FindFor(type, CurrentIsa()); }
 
+const TypeKernels* FindWeight(TensorType type) {
+  const TypeKernels* k = Find(type);
+  return k != nullptr && k->vec_dot != nullptr ? k : nullptr;
+}
+
+std::string SupportedWeightTypes() {
+  std::string out;
+  for (uint32_t id = 0; id < 64; ++id) {
+    const TensorTypeInfo* info = FindTensorType(id);
+    if (info == nullptr || internal::PortableKernels(info->type) == nullptr ||
+        internal::PortableKernels(info->type)->vec_dot == nullptr) {
+      continue;
+    }
+    if (!out.empty()) out += ", ";
+    out += info->name;
+  }
+  return out;
+}
+
 const VecKernels* VecFor(Isa isa) {
   if (isa == Isa::kAvx2) return ActiveIsa() == Isa::kAvx2 ? internal::Avx2Vec() : nullptr;
   return internal::PortableVec();

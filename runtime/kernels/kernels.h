@@ -14,19 +14,28 @@
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 
 #include "runtime/tensor_type.h"
 
 namespace appliance::runtime::kernels {
 
+// Weight types and their vec_dot_type (as ggml's type_traits_cpu, except
+// q4_1/q5_1, see kernels_portable_quant.cpp):
+//   f32 -> f32, f16 -> f16, bf16 -> bf16, q8_0 -> q8_0,
+//   q4_0, q4_1, q5_0, q5_1 -> q8_0;  q4_K, q5_K, q6_K -> q8_K.
+// q8_K is an activation-only type: to_float and from_float, no vec_dot.
 struct TypeKernels {
   TensorType type;
   TensorType vec_dot_type;
   // Dequantizes n elements (n a multiple of the block size) to floats.
   void (*to_float)(const void* src, float* dst, int64_t n);
-  // Converts n floats into this type; set for every type used as a vec_dot_type.
+  // Converts n floats into this type; set for every type used as a
+  // vec_dot_type, null for the weight-only types (q4_0 ... q6_K: the runtime
+  // reads them, it never quantizes weights).
   void (*from_float)(const float* src, void* dst, int64_t n);
-  // Returns sum_i w[i] * x[i] for w a row of `type` and x a row of `vec_dot_type`.
+  // Returns sum_i w[i] * x[i] for w a row of `type` and x a row of
+  // `vec_dot_type`; null for the activation-only types.
   float (*vec_dot)(int64_t n, const void* w, const void* x);
 };
 
@@ -61,6 +70,11 @@ Isa CurrentIsa();
 // nullptr when the type has no kernels (yet) or the ISA is not available.
 const TypeKernels* Find(TensorType type);
 const TypeKernels* FindFor(TensorType type, Isa isa);
+// Kernels of `type` when a weight matrix may have it (it has a vec_dot);
+// nullptr otherwise, including for the activation-only q8_K.
+const TypeKernels* FindWeight(TensorType type);
+// The weight types, for messages: "f32, f16, bf16, q8_0, q4_0, ...".
+std::string SupportedWeightTypes();
 const VecKernels& Vec();
 const VecKernels* VecFor(Isa isa);
 

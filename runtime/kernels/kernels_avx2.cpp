@@ -31,12 +31,6 @@ APPLIANCE_AVX2 inline __m256 LoadBf16x8(const uint8_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
 }
 
-uint16_t LoadU16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-
 APPLIANCE_AVX2 inline float F16Scale(const uint8_t* p) { return _cvtsh_ss(LoadU16(p)); }
 
 // Four 8-lane accumulators (32 elements per step) hide the FMA latency.
@@ -267,7 +261,7 @@ const TypeKernels* Avx2Kernels(TensorType type) {
     case TensorType::kF16: return &kF16;
     case TensorType::kBF16: return &kBf16;
     case TensorType::kQ8_0: return &kQ8;
-    default: return nullptr;
+    default: return Avx2QuantKernels(type);
   }
 }
 

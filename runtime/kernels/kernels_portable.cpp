@@ -8,12 +8,6 @@
 namespace appliance::runtime::kernels::internal {
 namespace {
 
-uint16_t LoadU16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-
 // Eight independent partial sums: breaks the add dependency chain and gives
 // the compiler room to vectorize without reassociating (no -ffast-math).
 template <typename LoadW, typename LoadX>
@@ -97,7 +91,7 @@ void Q8FromFloat(const float* src, void* dst, int64_t n) {
     std::memcpy(p, &d, 2);
     const float id = amax != 0.0f ? 127.f / amax : 0.0f;
     int8_t* q = reinterpret_cast<int8_t*>(p + 2);
-    for (int64_t j = 0; j < kQ8Block; ++j) q[j] = static_cast<int8_t>(std::nearbyint(x[j] * id));
+    for (int64_t j = 0; j < kQ8Block; ++j) q[j] = RoundToInt8(x[j] * id);
   }
 }
 
@@ -159,7 +153,7 @@ const TypeKernels* PortableKernels(TensorType type) {
     case TensorType::kF16: return &kF16;
     case TensorType::kBF16: return &kBf16;
     case TensorType::kQ8_0: return &kQ8;
-    default: return nullptr;
+    default: return PortableQuantKernels(type);
   }
 }
 

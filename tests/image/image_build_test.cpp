@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -90,6 +91,7 @@ class ImageBuild : public ::testing::Test {
     StatusOr<mf::KeyPairPem> kp = mf::GenerateKeyPair();
     ASSERT_TRUE(kp.ok()) << kp.status().message();
     public_pem_ = new std::string(kp->public_pem);
+    key_id_ = new std::string(mf::KeyIdFromPublicPem(kp->public_pem).value());
     WriteAll(*dir_ / "signing.key", kp->private_pem);
     // The real kernel if scripts/fetch-kernel has run, else a stand-in file:
     // the builder only copies it to DIR/vmlinuz.
@@ -107,8 +109,12 @@ class ImageBuild : public ::testing::Test {
   static void TearDownTestSuite() {
     delete dir_;
     delete public_pem_;
+    delete key_id_;
     delete kernel_dir_;
   }
+
+  // "signatures/<key id>.sig" of the signing key, in the output folder.
+  static std::string SigFile() { return "signatures/" + *key_id_ + ".sig"; }
 
   static std::vector<std::string> Args(const std::string& out) {
     return {"build",  "--model", kModel, "--key", *dir_ / "signing.key", "--out", out, "--init", APPLIANCE_INIT_BIN,
@@ -118,18 +124,97 @@ class ImageBuild : public ::testing::Test {
 
   static ScratchDir* dir_;
   static std::string* public_pem_;
+  static std::string* key_id_;
   static std::string* kernel_dir_;
 };
 ScratchDir* ImageBuild::dir_ = nullptr;
 std::string* ImageBuild::public_pem_ = nullptr;
+std::string* ImageBuild::key_id_ = nullptr;
 std::string* ImageBuild::kernel_dir_ = nullptr;
 
 TEST_F(ImageBuild, TwoBuildsFromTheSameInputsAreIdentical) {
-  for (const char* f : {"initramfs.cpio", "manifest.json", "manifest.sig", "cmdline", "vmlinuz"}) {
-    std::string a = ReadAll(*dir_ / (std::string("a/") + f));
+  for (const std::string& f : {std::string("initramfs.cpio"), std::string("manifest.json"), SigFile(),
+                               std::string("SHA256SUMS"), std::string("cmdline"), std::string("vmlinuz")}) {
+    std::string a = ReadAll(*dir_ / ("a/" + f));
     EXPECT_FALSE(a.empty()) << f;
-    EXPECT_EQ(a, ReadAll(*dir_ / (std::string("b/") + f))) << f << " differs between two builds";
+    EXPECT_EQ(a, ReadAll(*dir_ / ("b/" + f))) << f << " differs between two builds";
   }
+}
+
+// Build provenance is part of the signed bytes, and deterministic: it comes
+// from the configured tree (git commit, compiler, dependencies, kernel
+// package) and from flags, never from the clock or the build host's state.
+TEST_F(ImageBuild, ManifestRecordsDeterministicProvenance) {
+  StatusOr<mf::Manifest> m = mf::Parse(Bytes(ReadAll(*dir_ / "a/manifest.json")));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_FALSE(m->build.source_commit.empty());
+  EXPECT_TRUE(m->build.compiler.starts_with("GNU ") || m->build.compiler.starts_with("Clang ")) << m->build.compiler;
+  EXPECT_EQ(m->build.builder.rfind("appliance-image ", 0), 0u) << m->build.builder;
+  EXPECT_TRUE(m->build.dependencies.contains("openssl"));
+  EXPECT_TRUE(m->build.dependencies.contains("libarchive"));
+  if (*kernel_dir_ == APPLIANCE_KERNEL_DIR) {
+    EXPECT_EQ(m->build.dependencies["kernel"] + "\n", ReadAll(*kernel_dir_ + "/package"));
+  }
+  EXPECT_TRUE(m->previous_manifest_sha256.empty());
+  EXPECT_EQ(m->signers, std::vector<std::string>{*key_id_});
+
+  // --source-commit overrides git; the rest of the image stays the same.
+  std::vector<std::string> args = Args(*dir_ / "commit");
+  args.insert(args.end(), {"--source-commit", "0123456789abcdef0123456789abcdef01234567"});
+  Result r = RunTool(args, "1700000000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  StatusOr<mf::Manifest> c = mf::Parse(Bytes(ReadAll(*dir_ / "commit/manifest.json")));
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->build.source_commit, "0123456789abcdef0123456789abcdef01234567");
+  EXPECT_EQ(ReadAll(*dir_ / "commit/SHA256SUMS"), ReadAll(*dir_ / "a/SHA256SUMS"));
+}
+
+TEST_F(ImageBuild, PreviousManifestIsChainedAndTheVersionMustGoUp) {
+  std::vector<std::string> args = Args(*dir_ / "next");
+  args.insert(args.end(), {"--previous-manifest", *dir_ / "a/manifest.json"});
+  Result r = RunTool(args, "1700000000");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("manifest version 7 is not above 7 of the previous manifest"), std::string::npos) << r.err;
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--manifest-version") args[i + 1] = "8";
+  }
+  r = RunTool(args, "1700000000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  StatusOr<mf::Manifest> m = mf::Parse(Bytes(ReadAll(*dir_ / "next/manifest.json")));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_EQ(m->previous_manifest_sha256, mf::ToHex(mf::Sha256(Bytes(ReadAll(*dir_ / "a/manifest.json")))));
+  EXPECT_EQ(m->manifest_version, 8u);
+}
+
+TEST_F(ImageBuild, CoSignersEachSignTheSameBytes) {
+  StatusOr<mf::KeyPairPem> second = mf::GenerateKeyPair();
+  ASSERT_TRUE(second.ok());
+  WriteAll(*dir_ / "second.key", second->private_pem);
+  const std::string second_id = mf::KeyIdFromPublicPem(second->public_pem).value();
+  std::vector<std::string> args = Args(*dir_ / "cosigned");
+  args.insert(args.end(), {"--cosign-key", *dir_ / "second.key"});
+  Result r = RunTool(args, "1700000000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const std::string manifest = ReadAll(*dir_ / "cosigned/manifest.json");
+  StatusOr<mf::Manifest> m = mf::Parse(Bytes(manifest));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  std::vector<std::string> ids = {*key_id_, second_id};
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(m->signers, ids);
+  EXPECT_TRUE(mf::Verify(Bytes(manifest), Bytes(ReadAll(*dir_ / ("cosigned/signatures/" + *key_id_ + ".sig"))),
+                         *public_pem_).ok());
+  EXPECT_TRUE(mf::Verify(Bytes(manifest), Bytes(ReadAll(*dir_ / ("cosigned/signatures/" + second_id + ".sig"))),
+                         second->public_pem).ok());
+  std::set<std::string> in_image;
+  for (const ReadEntry& e : ReadCpio(*dir_ / "cosigned/initramfs.cpio")) {
+    if (e.path.starts_with("etc/appliance/signatures/")) in_image.insert(e.path);
+  }
+  EXPECT_EQ(in_image, (std::set<std::string>{"etc/appliance/signatures/" + ids[0] + ".sig",
+                                             "etc/appliance/signatures/" + ids[1] + ".sig"}));
+  // Rebuilding into the same folder with one key drops the other's stale signature.
+  r = RunTool(Args(*dir_ / "cosigned"), "1700000000");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(*dir_ / ("cosigned/signatures/" + second_id + ".sig")));
 }
 
 TEST_F(ImageBuild, AnotherSourceDateEpochChangesTimesOnly) {
@@ -141,7 +226,7 @@ TEST_F(ImageBuild, AnotherSourceDateEpochChangesTimesOnly) {
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i].path, c[i].path);
     EXPECT_EQ(c[i].mtime, 1700000001);
-    if (a[i].path != "etc/appliance/manifest.json" && a[i].path != "etc/appliance/manifest.sig") {
+    if (a[i].path != "etc/appliance/manifest.json" && !a[i].path.starts_with("etc/appliance/signatures/")) {
       EXPECT_EQ(a[i].data, c[i].data) << a[i].path;
     }
   }
@@ -173,8 +258,8 @@ TEST_F(ImageBuild, ArchiveHasTheDocumentedLayout) {
   EXPECT_EQ(console.perm, 0600u);
   EXPECT_EQ(console.rdev_major, 5u);
   EXPECT_EQ(console.rdev_minor, 1u);
-  for (const char* d : {"dev", "proc", "sys", "run", "tmp", "etc", "etc/appliance", "usr", "usr/bin", "lib",
-                        "lib/x86_64-linux-gnu", "lib64", "models"}) {
+  for (const char* d : {"dev", "proc", "sys", "run", "tmp", "etc", "etc/appliance", "etc/appliance/signatures", "usr",
+                        "usr/bin", "lib", "lib/x86_64-linux-gnu", "lib64", "models"}) {
     ASSERT_TRUE(by_path.count(d)) << d;
     EXPECT_EQ(by_path[d].type, AE_IFDIR) << d;
     EXPECT_EQ(by_path[d].perm, 0755u) << d;
@@ -193,7 +278,8 @@ TEST_F(ImageBuild, ArchiveHasTheDocumentedLayout) {
             "\"--threads\", \"2\"],\n  \"channel\": \"/dev/ttyS1\",\n  \"executable\": \"usr/bin/appliance-runtime\",\n"
             "  \"model\": \"models/model.gguf\"\n}\n");
   EXPECT_EQ(by_path["etc/appliance/manifest.json"].data, ReadAll(*dir_ / "a/manifest.json"));
-  EXPECT_EQ(by_path["etc/appliance/manifest.sig"].data, ReadAll(*dir_ / "a/manifest.sig"));
+  EXPECT_EQ(by_path["etc/appliance/" + SigFile()].data, ReadAll(*dir_ / ("a/" + SigFile())));
+  EXPECT_EQ(by_path["etc/appliance/" + SigFile()].perm, 0444u);
 
   // Every library the runtime needs (per ldd here) is there, as a regular file
   // with the content ldd resolved (symlinks followed).
@@ -233,12 +319,21 @@ TEST_F(ImageBuild, ArchiveHasTheDocumentedLayout) {
 TEST_F(ImageBuild, OutputFolder) {
   EXPECT_EQ(ReadAll(*dir_ / "a/cmdline"), "console=ttyS0 panic=-1 quiet\n");
   EXPECT_EQ(ReadAll(*dir_ / "a/vmlinuz"), ReadAll(*kernel_dir_ + "/vmlinuz"));
-  EXPECT_EQ(ReadAll(*dir_ / "a/manifest.sig").size(), mf::kEd25519SignatureBytes);
+  EXPECT_EQ(ReadAll(*dir_ / ("a/" + SigFile())).size(), mf::kEd25519SignatureBytes);
+  StatusOr<mf::Manifest> m = mf::Parse(Bytes(ReadAll(*dir_ / "a/manifest.json")));
+  ASSERT_TRUE(m.ok()) << m.status().message();
+  EXPECT_EQ(ReadAll(*dir_ / "a/SHA256SUMS"), mf::ToSha256Sums(*m));
+  size_t sigs = 0;
+  for (const auto& entry : fs::directory_iterator(*dir_ / "a/signatures")) {
+    (void)entry;
+    ++sigs;
+  }
+  EXPECT_EQ(sigs, 1u);
 }
 
 TEST_F(ImageBuild, ManifestIsSignedAndListsEveryFileOfTheArchive) {
   const std::string manifest = ReadAll(*dir_ / "a/manifest.json");
-  const std::string sig = ReadAll(*dir_ / "a/manifest.sig");
+  const std::string sig = ReadAll(*dir_ / ("a/" + SigFile()));
   Status v = mf::Verify(Bytes(manifest), Bytes(sig), *public_pem_);
   EXPECT_TRUE(v.ok()) << v.message();
   StatusOr<mf::Manifest> m = mf::Parse(Bytes(manifest));
@@ -251,7 +346,8 @@ TEST_F(ImageBuild, ManifestIsSignedAndListsEveryFileOfTheArchive) {
 
   std::map<std::string, ReadEntry> files;
   for (const ReadEntry& e : ReadCpio(*dir_ / "a/initramfs.cpio")) {
-    if (e.type == AE_IFREG && e.path != "etc/appliance/manifest.json" && e.path != "etc/appliance/manifest.sig") {
+    if (e.type == AE_IFREG && e.path != "etc/appliance/manifest.json" &&
+        !e.path.starts_with("etc/appliance/signatures/")) {
       files[e.path] = e;
     }
   }
@@ -302,7 +398,7 @@ TEST_F(ImageBuild, UnpackedImageVerifiesAgainstItsManifest) {
   StatusOr<mf::Manifest> m = mf::Parse(Bytes(ReadAll(root + "/etc/appliance/manifest.json")));
   ASSERT_TRUE(m.ok()) << m.status().message();
   EXPECT_TRUE(mf::Verify(Bytes(ReadAll(root + "/etc/appliance/manifest.json")),
-                         Bytes(ReadAll(root + "/etc/appliance/manifest.sig")), *public_pem_)
+                         Bytes(ReadAll(root + "/etc/appliance/" + SigFile())), *public_pem_)
                   .ok());
   {
     appliance::UniqueFd root_fd(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));

@@ -6,12 +6,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
 #include <gtest/gtest.h>
 
 #include "manifests/crypto.h"
+#include "manifests/signatures.h"
 
 namespace appliance::init {
 namespace {
@@ -46,6 +48,7 @@ class ImageCheckTest : public ::testing::Test {
     m_.product = "sealed-appliance";
     m_.release = "test";
     m_.kernel_cmdline = "console=ttyS0";
+    m_.build = {"unknown", "GNU 12.2.0", "test", {}};
   }
   void TearDown() override { fs::remove_all(root_); }
 
@@ -67,19 +70,46 @@ class ImageCheckTest : public ::testing::Test {
     m_.files.push_back(e);
   }
 
-  // Serialises and signs the manifest with `signer` into the tree.
-  void Seal(const manifest::KeyPairPem& signer) {
-    std::string bytes = manifest::Serialize(m_);
-    auto sig = manifest::Sign(Bytes(bytes), signer.private_pem);
-    ASSERT_TRUE(sig.ok()) << sig.status().message();
-    WriteFile(kManifestPath, bytes, 0444);
-    WriteFile(kSignaturePath, *sig, 0444);
+  static std::string Id(const manifest::KeyPairPem& k) {
+    auto id = manifest::KeyIdFromPublicPem(k.public_pem);
+    EXPECT_TRUE(id.ok());
+    return id.ok() ? *id : std::string();
   }
+
+  std::string SigPath(const manifest::KeyPairPem& k) {
+    return std::string(kSignatureDir) + "/" + manifest::SignatureFileName(Id(k));
+  }
+
+  // Serialises the manifest (listing `signers`, default the one signing) and
+  // signs it with each of `signing` into the tree.
+  void Seal(const std::vector<const manifest::KeyPairPem*>& signing,
+            std::vector<const manifest::KeyPairPem*> signers = {}) {
+    if (signers.empty()) signers = signing;
+    m_.signers.clear();
+    for (const auto* k : signers) m_.signers.push_back(Id(*k));
+    std::sort(m_.signers.begin(), m_.signers.end());
+    std::string bytes = manifest::Serialize(m_);
+    fs::remove_all(root_ / kSignatureDir);
+    fs::create_directories(root_ / kSignatureDir);
+    WriteFile(kManifestPath, bytes, 0444);
+    for (const auto* k : signing) {
+      auto sig = manifest::Sign(Bytes(bytes), k->private_pem);
+      ASSERT_TRUE(sig.ok()) << sig.status().message();
+      WriteFile(SigPath(*k), *sig, 0444);
+    }
+  }
+  void Seal(const manifest::KeyPairPem& signer) { Seal({&signer}); }
 
   StatusOr<VerifiedImage> Verify(uint64_t min_version = 1, const std::string& level = "L1") {
     UniqueFd root(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     EXPECT_TRUE(root.valid());
-    return VerifyImage(root.get(), BootPolicy{{keys_.public_pem}, level, min_version});
+    return VerifyImage(root.get(), BootPolicy{{keys_.public_pem}, level, min_version, 1});
+  }
+
+  StatusOr<VerifiedImage> VerifyWith(const BootPolicy& policy) {
+    UniqueFd root(::open(root_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    EXPECT_TRUE(root.valid());
+    return VerifyImage(root.get(), policy);
   }
 
   void ExpectRefused(const StatusOr<VerifiedImage>& result, const std::string& reason) {
@@ -103,29 +133,125 @@ TEST_F(ImageCheckTest, AcceptsIntactImageAndHandsOverVerifiedFds) {
   char buf[8] = {};
   ASSERT_EQ(::read(image->executable.get(), buf, 7), 7);
   EXPECT_EQ(std::string(buf), "runtime");
-  auto key_id = manifest::KeyIdFromPublicPem(keys_.public_pem);
-  ASSERT_TRUE(key_id.ok());
-  EXPECT_EQ(image->signer_key_id, *key_id);
+  EXPECT_EQ(image->signer_key_id, Id(keys_));
+  EXPECT_EQ(image->signer_key_ids, std::vector<std::string>{Id(keys_)});
+  EXPECT_TRUE(image->unknown_signers.empty());
+}
+
+TEST_F(ImageCheckTest, DefaultThresholdIsTheBuildsAndAtLeastOne) {
+  EXPECT_GE(kBuildSignatureThreshold, 1u);
+  EXPECT_EQ(BootPolicy{}.signature_threshold, kBuildSignatureThreshold);
 }
 
 TEST_F(ImageCheckTest, RefusesSignatureByUnpinnedKey) {
   Seal(other_keys_);
-  ExpectRefused(Verify(), "does not verify with any of the 1 pinned key(s)");
+  ExpectRefused(Verify(), "manifest signed by 0 pinned key(s), 1 required (below the signature threshold); signed by "
+                          "unknown key(s): " + Id(other_keys_));
 }
 
 TEST_F(ImageCheckTest, RefusesCorruptSignature) {
   Seal(keys_);
   std::string sig(64, '\0');
-  std::ifstream(root_ / kSignaturePath, std::ios::binary).read(sig.data(), 64);
+  std::ifstream(root_ / SigPath(keys_), std::ios::binary).read(sig.data(), 64);
   sig[10] = static_cast<char>(sig[10] ^ 1);
-  WriteFile(kSignaturePath, sig, 0444);
-  ExpectRefused(Verify(), "does not verify");
+  WriteFile(SigPath(keys_), sig, 0444);
+  ExpectRefused(Verify(), SigPath(keys_) + ": signature does not verify with pinned key " + Id(keys_) +
+                              " (the manifest or the signature was changed)");
 }
 
 TEST_F(ImageCheckTest, RefusesTruncatedSignature) {
   Seal(keys_);
-  WriteFile(kSignaturePath, "short", 0444);
-  ExpectRefused(Verify(), "an Ed25519 signature has 64");
+  WriteFile(SigPath(keys_), "short", 0444);
+  ExpectRefused(Verify(), SigPath(keys_) + ": 5 bytes, an Ed25519 signature has 64");
+}
+
+TEST_F(ImageCheckTest, RefusesMissingSignature) {
+  Seal(keys_);
+  fs::remove(root_ / SigPath(keys_));
+  ExpectRefused(Verify(), "manifest not signed: etc/appliance/signatures holds no signature");
+  fs::remove_all(root_ / kSignatureDir);
+  ExpectRefused(Verify(), "open etc/appliance/signatures: No such file or directory");
+}
+
+TEST_F(ImageCheckTest, RefusesStrayFileInTheSignatureDirectory) {
+  Seal(keys_);
+  WriteFile(std::string(kSignatureDir) + "/README", "x", 0444);
+  ExpectRefused(Verify(), "etc/appliance/signatures/README: not a signature file name");
+}
+
+TEST_F(ImageCheckTest, RefusesSymlinkedSignatureDirectory) {
+  Seal(keys_);
+  fs::rename(root_ / kSignatureDir, root_ / "etc/sigs");
+  fs::create_directory_symlink("../sigs", root_ / kSignatureDir);
+  ExpectRefused(Verify(), "etc/appliance/signatures: symbolic link refused");
+}
+
+TEST_F(ImageCheckTest, ThresholdOfTwoDistinctPinnedKeys) {
+  BootPolicy policy{{keys_.public_pem, other_keys_.public_pem}, "L1", 1, 2};
+  // One signature of the two the manifest lists: below the threshold.
+  Seal({&keys_}, {&keys_, &other_keys_});
+  ExpectRefused(VerifyWith(policy), "manifest signed by 1 pinned key(s), 2 required (below the signature threshold); "
+                                    "valid: " + Id(keys_));
+  // Both: accepted, both reported.
+  Seal({&keys_, &other_keys_});
+  auto image = VerifyWith(policy);
+  ASSERT_TRUE(image.ok()) << image.status().message();
+  std::vector<std::string> both = {Id(keys_), Id(other_keys_)};
+  std::sort(both.begin(), both.end());
+  EXPECT_EQ(image->signer_key_ids, both);
+  // The same key pinned twice is one key: a threshold of 2 cannot be met by it.
+  BootPolicy doubled{{keys_.public_pem, keys_.public_pem}, "L1", 1, 2};
+  ExpectRefused(VerifyWith(doubled), "signature threshold 2 is more than the 1 pinned key(s)");
+  // One good and one bad signature by pinned keys: refused, not counted around.
+  std::string sig(64, '\0');
+  std::ifstream(root_ / SigPath(other_keys_), std::ios::binary).read(sig.data(), 64);
+  sig[0] = static_cast<char>(sig[0] ^ 1);
+  WriteFile(SigPath(other_keys_), sig, 0444);
+  BootPolicy one{{keys_.public_pem, other_keys_.public_pem}, "L1", 1, 1};
+  ExpectRefused(VerifyWith(one), SigPath(other_keys_) + ": signature does not verify with pinned key");
+}
+
+TEST_F(ImageCheckTest, UnknownCoSignerIsNotCountedButMustBeListed) {
+  // Signed by the pinned key and by a key this init does not pin, both listed.
+  Seal({&keys_, &other_keys_});
+  auto image = Verify();
+  ASSERT_TRUE(image.ok()) << image.status().message();
+  EXPECT_EQ(image->unknown_signers, std::vector<std::string>{Id(other_keys_)});
+  // A signature file the manifest's signers do not name.
+  Seal({&keys_, &other_keys_}, {&keys_});
+  ExpectRefused(Verify(), SigPath(other_keys_) + ": key " + Id(other_keys_) + " is not among the manifest's signers");
+  // A listed signer without its signature file.
+  Seal({&keys_}, {&keys_, &other_keys_});
+  ExpectRefused(Verify(), SigPath(other_keys_) + ": missing (the manifest lists signer " + Id(other_keys_) + ")");
+}
+
+TEST_F(ImageCheckTest, ThresholdZeroIsRefused) {
+  Seal(keys_);
+  ExpectRefused(VerifyWith(BootPolicy{{keys_.public_pem}, "L1", 1, 0}), "signature threshold 0: at least 1 required");
+}
+
+TEST_F(ImageCheckTest, SignedManifestWithBadPathsIsRefused) {
+  // Validly signed, but listing a path init must never accept.
+  struct Case {
+    std::string path;
+    std::string reason;
+  };
+  for (const Case& c : {Case{"../etc/passwd", "invalid path: '..' path component"},
+                        Case{"/init", "invalid path: absolute path"}}) {
+    SCOPED_TRACE(c.path);
+    manifest::Manifest saved = m_;
+    m_.files.push_back({c.path, 1, 0644, std::string(64, 'a'), "config"});
+    std::sort(m_.files.begin(), m_.files.end(), [](const auto& a, const auto& b) { return a.path < b.path; });
+    Seal(keys_);
+    ExpectRefused(Verify(), c.reason);
+    m_ = saved;
+  }
+  manifest::Manifest saved = m_;
+  m_.files.push_back(m_.files.front());
+  std::sort(m_.files.begin(), m_.files.end(), [](const auto& a, const auto& b) { return a.path < b.path; });
+  Seal(keys_);
+  ExpectRefused(Verify(), "duplicate path");
+  m_ = saved;
 }
 
 TEST_F(ImageCheckTest, RefusesMissingManifest) {
@@ -137,6 +263,16 @@ TEST_F(ImageCheckTest, RefusesManifestEditedAfterSigning) {
   m_.manifest_version = 4;
   WriteFile(kManifestPath, manifest::Serialize(m_), 0444);
   ExpectRefused(Verify(), "does not verify");
+}
+
+TEST_F(ImageCheckTest, VerifiesWithOneOrManyHashThreads) {
+  Seal(keys_);
+  for (unsigned threads : {1u, 2u, 8u}) {
+    BootPolicy policy{{keys_.public_pem}, "L1", 1, 1, threads};
+    auto image = VerifyWith(policy);
+    ASSERT_TRUE(image.ok()) << threads << ": " << image.status().message();
+    EXPECT_TRUE(image->model.valid());
+  }
 }
 
 TEST_F(ImageCheckTest, RefusesOtherIntegrityLevel) {

@@ -8,6 +8,7 @@
 #include <openssl/pem.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -117,6 +118,45 @@ TEST(Sha256Fd, HashesFromCurrentOffsetAndWorksOnPipes) {
   StatusOr<FdDigest> piped = Sha256Fd(read_end.get(), 3, "pipe");
   ASSERT_TRUE(piped.ok());
   EXPECT_EQ(ToHex(piped->digest), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST(Sha256MappedFile, MatchesInMemoryHashAcrossWindows) {
+  TempDir dir;
+  // More than one mapping window, not a multiple of it or of a page.
+  const std::string content = test_support::RandomBytes(kHashWindowBytes + 4096 * 3 + 7, 11);
+  WriteFile(dir / "f", content);
+  UniqueFd fd(::open((dir / "f").c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  ASSERT_EQ(::lseek(fd.get(), 5, SEEK_SET), 5);
+  std::atomic<uint64_t> progress{0};
+  StatusOr<FdDigest> d = Sha256MappedFile(fd.get(), content.size(), "f", &progress);
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(d->bytes, content.size());
+  EXPECT_EQ(d->digest, Sha256(AsBytes(content)));
+  EXPECT_EQ(progress.load(), content.size());
+  EXPECT_EQ(::lseek(fd.get(), 0, SEEK_CUR), 5) << "the fd's offset is not moved";
+}
+
+TEST(Sha256MappedFile, EmptyFileBoundsAndNonRegularFiles) {
+  TempDir dir;
+  WriteFile(dir / "empty", "");
+  UniqueFd empty(::open((dir / "empty").c_str(), O_RDONLY | O_CLOEXEC));
+  StatusOr<FdDigest> d = Sha256MappedFile(empty.get(), 0, "empty");
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  EXPECT_EQ(ToHex(d->digest), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+
+  WriteFile(dir / "f", "0123456789");
+  UniqueFd fd(::open((dir / "f").c_str(), O_RDONLY | O_CLOEXEC));
+  StatusOr<FdDigest> too_big = Sha256MappedFile(fd.get(), 9, "models/m.gguf");
+  ASSERT_FALSE(too_big.ok());
+  EXPECT_EQ(too_big.status().message(), "models/m.gguf: more than 9 bytes");
+
+  int p[2];
+  ASSERT_EQ(::pipe(p), 0);
+  UniqueFd read_end(p[0]), write_end(p[1]);
+  StatusOr<FdDigest> piped = Sha256MappedFile(read_end.get(), 10, "pipe");
+  ASSERT_FALSE(piped.ok());
+  EXPECT_EQ(piped.status().message(), "pipe: not a regular file");
 }
 
 TEST(Sha256Fd, ReportsReadErrors) {

@@ -15,6 +15,8 @@ using test_support::AsBytes;
 
 const std::string kDigestA(64, 'a');
 const std::string kDigestB = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const std::string kKeyId1(64, '1');
+const std::string kKeyId2(64, '2');
 
 Manifest Sample() {
   Manifest m;
@@ -24,6 +26,12 @@ Manifest Sample() {
   m.release = "0.1.0";
   m.created = 1700000000;
   m.kernel_cmdline = "console=ttyS0 panic=-1 quiet";
+  m.build.source_commit = "0123456789abcdef0123456789abcdef01234567";
+  m.build.compiler = "GNU 12.2.0";
+  m.build.builder = "appliance-image 0.1.0";
+  m.build.dependencies = {{"openssl", "3.0.19"}, {"kernel", "linux-image-6.1.0-56-cloud-amd64 6.1.192-2"}};
+  m.previous_manifest_sha256 = kDigestB;
+  m.signers = {kKeyId1, kKeyId2};
   m.files = {
       {"init", 1234, 0755, kDigestA, "init"},
       {"models/model.gguf", 5000000000ULL, 0444, kDigestB, "model"},
@@ -40,6 +48,15 @@ TEST(ManifestSerialize, ExactCanonicalBytes) {
   Manifest m = Sample();
   m.files.resize(1);
   const std::string expected = R"({
+  "build": {
+    "builder": "appliance-image 0.1.0",
+    "compiler": "GNU 12.2.0",
+    "dependencies": {
+      "kernel": "linux-image-6.1.0-56-cloud-amd64 6.1.192-2",
+      "openssl": "3.0.19"
+    },
+    "source_commit": "0123456789abcdef0123456789abcdef01234567"
+  },
   "created": 1700000000,
   "files": [
     {
@@ -51,12 +68,17 @@ TEST(ManifestSerialize, ExactCanonicalBytes) {
     }
   ],
   "format": "sealed-appliance-manifest",
-  "format_version": 1,
+  "format_version": 2,
   "integrity_level": "L2",
   "kernel_cmdline": "console=ttyS0 panic=-1 quiet",
   "manifest_version": 7,
+  "previous_manifest_sha256": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
   "product": "sealed-appliance",
-  "release": "0.1.0"
+  "release": "0.1.0",
+  "signers": [
+    "1111111111111111111111111111111111111111111111111111111111111111",
+    "2222222222222222222222222222222222222222222222222222222222222222"
+  ]
 }
 )";
   EXPECT_EQ(Serialize(m), expected);
@@ -73,6 +95,12 @@ TEST(ManifestSerialize, RoundTrip) {
   EXPECT_EQ(parsed->release, m.release);
   EXPECT_EQ(parsed->created, m.created);
   EXPECT_EQ(parsed->kernel_cmdline, m.kernel_cmdline);
+  EXPECT_EQ(parsed->build.source_commit, m.build.source_commit);
+  EXPECT_EQ(parsed->build.compiler, m.build.compiler);
+  EXPECT_EQ(parsed->build.builder, m.build.builder);
+  EXPECT_EQ(parsed->build.dependencies, m.build.dependencies);
+  EXPECT_EQ(parsed->previous_manifest_sha256, m.previous_manifest_sha256);
+  EXPECT_EQ(parsed->signers, m.signers);
   ASSERT_EQ(parsed->files.size(), m.files.size());
   for (size_t i = 0; i < m.files.size(); ++i) {
     EXPECT_EQ(parsed->files[i].path, m.files[i].path);
@@ -82,6 +110,29 @@ TEST(ManifestSerialize, RoundTrip) {
     EXPECT_EQ(parsed->files[i].role, m.files[i].role);
   }
   EXPECT_EQ(Serialize(*parsed), text);
+}
+
+TEST(ManifestSerialize, FirstReleaseHasNullPreviousManifest) {
+  Manifest m = Sample();
+  m.previous_manifest_sha256.clear();
+  const std::string text = Serialize(m);
+  EXPECT_NE(text.find("\"previous_manifest_sha256\": null,"), std::string::npos) << text;
+  StatusOr<Manifest> parsed = ParseText(text);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  EXPECT_TRUE(parsed->previous_manifest_sha256.empty());
+  // The empty string is not a second spelling of "none".
+  nlohmann::json j = nlohmann::json::parse(text);
+  j["previous_manifest_sha256"] = "";
+  EXPECT_FALSE(ParseText(j.dump(2) + "\n").ok());
+}
+
+TEST(ManifestSerialize, SortsSignersAndValidateRefusesUnsorted) {
+  Manifest m = Sample();
+  std::swap(m.signers[0], m.signers[1]);
+  EXPECT_FALSE(Validate(m).ok());
+  StatusOr<Manifest> parsed = ParseText(Serialize(m));
+  ASSERT_TRUE(parsed.ok()) << parsed.status().message();
+  EXPECT_EQ(parsed->signers, (std::vector<std::string>{kKeyId1, kKeyId2}));
 }
 
 TEST(ManifestSerialize, SortsFilesByPath) {
@@ -145,8 +196,8 @@ TEST(ManifestCanonical, RefusesReorderedFileKeys) {
 
 TEST(ManifestCanonical, RefusesOtherWhitespace) {
   const std::string canonical = Serialize(Sample());
-  ExpectRefused(Replace(canonical, "{\n  \"created\"", "{\n   \"created\""), "not in canonical form");
-  ExpectRefused(Replace(canonical, "\"format_version\": 1", "\"format_version\" : 1"), "not in canonical form");
+  ExpectRefused(Replace(canonical, "{\n  \"build\"", "{\n   \"build\""), "not in canonical form");
+  ExpectRefused(Replace(canonical, "\"format_version\": 2", "\"format_version\" : 2"), "not in canonical form");
   ExpectRefused(canonical.substr(0, canonical.size() - 1), "not in canonical form");  // no trailing newline
   ExpectRefused(canonical + "\n", "not in canonical form");
   ExpectRefused(" " + canonical, "not in canonical form");
@@ -196,8 +247,9 @@ TEST(ManifestSchema, RefusesUnknownAndMissingFields) {
   nlohmann::json extra_file = j;
   extra_file["files"][0]["uid"] = 0;
   ExpectRefused(extra_file.dump(2) + "\n", "files[0]: unknown field 'uid'");
-  for (const char* key : {"created", "files", "format", "format_version", "integrity_level", "kernel_cmdline",
-                          "manifest_version", "product", "release"}) {
+  for (const char* key : {"build", "created", "files", "format", "format_version", "integrity_level",
+                          "kernel_cmdline", "manifest_version", "previous_manifest_sha256", "product", "release",
+                          "signers"}) {
     nlohmann::json missing = j;
     missing.erase(key);
     ExpectRefused(missing.dump(2) + "\n", std::string("missing field '") + key + "'");
@@ -205,6 +257,19 @@ TEST(ManifestSchema, RefusesUnknownAndMissingFields) {
   nlohmann::json missing_file_key = j;
   missing_file_key["files"][0].erase("sha256");
   ExpectRefused(missing_file_key.dump(2) + "\n", "missing field 'sha256'");
+  nlohmann::json missing_build_key = j;
+  missing_build_key["build"].erase("compiler");
+  ExpectRefused(missing_build_key.dump(2) + "\n", "build: missing field 'compiler'");
+  nlohmann::json extra_build_key = j;
+  extra_build_key["build"]["host"] = "x";
+  ExpectRefused(extra_build_key.dump(2) + "\n", "build: unknown field 'host'");
+}
+
+TEST(ManifestSchema, FormatVersionOneIsReportedAsSuch) {
+  nlohmann::json j = nlohmann::json::parse(Serialize(Sample()));
+  j["format_version"] = 1;
+  for (const char* key : {"build", "previous_manifest_sha256", "signers"}) j.erase(key);
+  ExpectRefused(j.dump(2) + "\n", "unsupported format_version 1 (this build reads 2)");
 }
 
 TEST(ManifestSchema, RefusesWrongTypesAndValues) {
@@ -216,7 +281,22 @@ TEST(ManifestSchema, RefusesWrongTypesAndValues) {
   };
   const Case cases[] = {
       {"/format", "other-format", "format 'other-format'"},
-      {"/format_version", 2, "unsupported format_version 2"},
+      {"/format_version", 3, "unsupported format_version 3"},
+      {"/build", "x", "build: must be an object"},
+      {"/build/source_commit", "", "build.source_commit: must not be empty"},
+      {"/build/compiler", 12, "must be a string"},
+      {"/build/builder", "b\x01", "printable ASCII"},
+      {"/build/dependencies", nlohmann::json::array(), "'dependencies' must be an object"},
+      {"/build/dependencies/openssl", 3, "dependency 'openssl' must be a string"},
+      {"/build/dependencies/bad name", "1", "name 'bad name' not allowed"},
+      {"/build/dependencies/zlib", "", "build.dependencies.zlib: must not be empty"},
+      {"/previous_manifest_sha256", 5, "must be a string or null"},
+      {"/previous_manifest_sha256", std::string(64, 'A'), "not 64 lowercase hex"},
+      {"/signers", "x", "'signers' must be an array"},
+      {"/signers", nlohmann::json::array(), "signers: at least one signer is required"},
+      {"/signers/0", 7, "signers[0] must be a string"},
+      {"/signers/0", "abc", "is not a key id"},
+      {"/signers/1", std::string(64, '1'), "duplicate signer"},
       {"/format_version", "1", "non-negative integer"},
       {"/manifest_version", 0, "manifest_version: must be at least 1"},
       {"/manifest_version", -1, "must not be negative"},

@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -41,7 +42,7 @@ class TreeVerifyTest : public ::testing::Test {
         {"usr/bin/appliance-runtime", test_support::RandomBytes(5000, 3), 0755, "runtime"},
         {"lib/x86_64-linux-gnu/libfoo.so.1", test_support::RandomBytes(300, 4), 0644, "library"},
         {"lib64/ld-linux-x86-64.so.2", test_support::RandomBytes(200, 5), 0644, "library"},
-        // Bigger than the 1 MiB hashing buffer.
+        // Bigger than the hashing buffer.
         {"models/model.gguf", test_support::RandomBytes((2u << 20) + 11, 6), 0444, "model"},
         {"etc/appliance/runtime.json", "{\"argv\": []}\n", 0644, "config"},
         {"etc/empty.conf", "", 0600, "config"},
@@ -52,7 +53,7 @@ class TreeVerifyTest : public ::testing::Test {
     }
     // Exempt: present but never examined.
     WriteFile(Path("etc/appliance/manifest.json"), "anything");
-    WriteFile(Path("etc/appliance/manifest.sig"), "anything");
+    WriteFile(Path("etc/appliance/signatures/" + std::string(64, '1') + ".sig"), std::string(64, 's'));
 
     // The expected manifest, computed independently of ScanTree.
     manifest_.manifest_version = 1;
@@ -60,6 +61,8 @@ class TreeVerifyTest : public ::testing::Test {
     manifest_.product = "sealed-appliance";
     manifest_.release = "0.1.0";
     manifest_.kernel_cmdline = "console=ttyS0 panic=-1 quiet";
+    manifest_.build = {"unknown", "unknown", "test", {}};
+    manifest_.signers = {std::string(64, '1')};
     for (const ImageFile& f : files_) {
       manifest_.files.push_back({f.path, f.content.size(), static_cast<uint32_t>(f.mode),
                                  ToHex(Sha256(AsBytes(f.content))), f.role});
@@ -135,12 +138,12 @@ TEST_F(TreeVerifyTest, ChangedFile) {
 
 TEST_F(TreeVerifyTest, TruncatedFile) {
   ASSERT_EQ(::truncate(Path("usr/bin/appliance-runtime").c_str(), 4999), 0);
-  ExpectFailure("usr/bin/appliance-runtime: size mismatch (manifest 5000, file 4999)");
+  ExpectFailure("usr/bin/appliance-runtime: size mismatch (manifest 5000, file 4999): truncated");
 }
 
 TEST_F(TreeVerifyTest, BiggerFile) {
   ASSERT_EQ(::truncate(Path("usr/bin/appliance-runtime").c_str(), 5001), 0);
-  ExpectFailure("usr/bin/appliance-runtime: size mismatch (manifest 5000, file 5001)");
+  ExpectFailure("usr/bin/appliance-runtime: size mismatch (manifest 5000, file 5001): larger than listed");
 }
 
 TEST_F(TreeVerifyTest, MissingFile) {
@@ -236,15 +239,139 @@ TEST_F(TreeVerifyTest, ListedFileReplacedByDirectory) {
 }
 
 TEST_F(TreeVerifyTest, ExemptPathMustBeARegularFile) {
-  ASSERT_EQ(::unlink(Path("etc/appliance/manifest.sig").c_str()), 0);
-  WriteFile(Path("etc/appliance/manifest.sig/payload"), "hidden");
-  ExpectFailure("etc/appliance/manifest.sig: directory refused (expected the regular file exempt from the manifest)");
+  ASSERT_EQ(::unlink(Path("etc/appliance/manifest.json").c_str()), 0);
+  WriteFile(Path("etc/appliance/manifest.json/payload"), "hidden");
+  ExpectFailure("etc/appliance/manifest.json: directory refused (expected the regular file exempt from the manifest)");
+}
+
+TEST_F(TreeVerifyTest, ExemptFileMustHaveOneLink) {
+  ASSERT_EQ(::link(Path("etc/appliance/manifest.json").c_str(), (dir_ / "outside").c_str()), 0);
+  ExpectFailure("etc/appliance/manifest.json: hard link refused (2 links)");
 }
 
 TEST_F(TreeVerifyTest, ExemptFilesMayBeAbsent) {
   ASSERT_EQ(::unlink(Path("etc/appliance/manifest.json").c_str()), 0);
-  ASSERT_EQ(::unlink(Path("etc/appliance/manifest.sig").c_str()), 0);
+  std::filesystem::remove_all(Path("etc/appliance/signatures"));
   EXPECT_TRUE(Verify().ok());
+}
+
+TEST_F(TreeVerifyTest, SignatureDirectoryHoldsOnlySingleLinkRegularFiles) {
+  const std::string sig = "etc/appliance/signatures/" + std::string(64, '1') + ".sig";
+  // Names are ReadSignatureDir's business; the walk only wants plain files.
+  WriteFile(Path("etc/appliance/signatures/other-name"), "x");
+  EXPECT_TRUE(Verify().ok());
+  ASSERT_EQ(::unlink(Path("etc/appliance/signatures/other-name").c_str()), 0);
+
+  std::filesystem::create_directories(Path("etc/appliance/signatures/sub"));
+  ExpectFailure("etc/appliance/signatures/sub: directory refused (only signature files belong in etc/appliance/signatures)");
+  std::filesystem::remove_all(Path("etc/appliance/signatures/sub"));
+
+  ASSERT_EQ(::symlink("../../../init", Path("etc/appliance/signatures/link.sig").c_str()), 0);
+  ExpectFailure("etc/appliance/signatures/link.sig: symbolic link refused");
+  ASSERT_EQ(::unlink(Path("etc/appliance/signatures/link.sig").c_str()), 0);
+
+  ASSERT_EQ(::link(Path(sig).c_str(), (dir_ / "second-name").c_str()), 0);
+  ExpectFailure(sig + ": hard link refused (2 links)");
+  ASSERT_EQ(::unlink((dir_ / "second-name").c_str()), 0);
+
+  ASSERT_EQ(::mkfifo(Path("etc/appliance/signatures/fifo").c_str(), 0600), 0);
+  ExpectFailure("etc/appliance/signatures/fifo: fifo refused (only signature files belong in etc/appliance/signatures)");
+  ASSERT_EQ(::unlink(Path("etc/appliance/signatures/fifo").c_str()), 0);
+
+  std::filesystem::remove_all(Path("etc/appliance/signatures"));
+  WriteFile(Path("etc/appliance/signatures"), "not a directory");
+  ExpectFailure("etc/appliance/signatures: regular file refused (expected the signatures' directory)");
+}
+
+TEST_F(TreeVerifyTest, ManifestListingAFileInTheSignatureDirectoryIsRefused) {
+  manifest_.files.push_back({"etc/appliance/signatures/x.sig", 64, 0644, std::string(64, 'a'), "config"});
+  std::sort(manifest_.files.begin(), manifest_.files.end(),
+            [](const FileEntry& a, const FileEntry& b) { return a.path < b.path; });
+  ExpectFailure("etc/appliance/signatures/x.sig: listed in the manifest but inside etc/appliance/signatures, exempt "
+                "from verification");
+}
+
+// ---- parallel hashing ------------------------------------------------------
+
+TEST_F(TreeVerifyTest, HashThreadsResolve) {
+  TreePolicy policy;
+  policy.hash_threads = 1;
+  EXPECT_EQ(HashThreads(policy), 1u);
+  policy.hash_threads = 1000;
+  EXPECT_EQ(HashThreads(policy), kMaxHashThreads);
+  policy.hash_threads = 0;
+  EXPECT_GE(HashThreads(policy), 1u);
+  EXPECT_LE(HashThreads(policy), kMaxHashThreads);
+}
+
+TEST_F(TreeVerifyTest, ParallelHashingReportsTheFirstProblemInWalkOrder) {
+  // Two changed files: whichever thread finishes first, the error names the
+  // one first in walk order (lib/... before models/...), every time.
+  const std::string lib = "lib/x86_64-linux-gnu/libfoo.so.1";
+  std::string lib_content = files_[2].content;
+  lib_content[10] = static_cast<char>(lib_content[10] ^ 1);
+  WriteFile(Path(lib), lib_content, 0644);
+  std::string model = files_[4].content;
+  model[1] = static_cast<char>(model[1] ^ 1);
+  WriteFile(Path("models/model.gguf"), model, 0444);
+  for (unsigned threads : {1u, 2u, 3u, 8u}) {
+    SCOPED_TRACE(threads);
+    TreePolicy policy;
+    policy.hash_threads = threads;
+    for (int round = 0; round < 5; ++round) {
+      ExpectFailure(lib + ": sha256 mismatch (manifest " + Entry(lib).sha256 + ", file " +
+                        ToHex(Sha256(AsBytes(lib_content))) + ")",
+                    policy);
+    }
+  }
+}
+
+TEST_F(TreeVerifyTest, ContentProblemBeforeAStructuralOneIsReportedFirst) {
+  // init's content changed (hashed later, by a thread) and an unlisted file
+  // further along the walk: the walk-order-first problem wins.
+  WriteFile(Path("init"), "#!INIT\n", 0755);
+  WriteFile(Path("usr/bin/x"), "extra", 0755);
+  for (unsigned threads : {1u, 4u}) {
+    TreePolicy policy;
+    policy.hash_threads = threads;
+    ExpectFailure("init: sha256 mismatch (manifest " + Entry("init").sha256 + ", file " +
+                      ToHex(Sha256(AsBytes("#!INIT\n"))) + ")",
+                  policy);
+  }
+}
+
+TEST_F(TreeVerifyTest, ManyMoreFilesThanOneHashingBatch) {
+  // Several batches of kMaxPendingHashJobs open files each.
+  const size_t n = 3 * kMaxPendingHashJobs + 5;
+  for (size_t i = 0; i < n; ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "lib/x86_64-linux-gnu/libmany%03zu.so", i);
+    const std::string content = test_support::RandomBytes(1000 + i, static_cast<uint32_t>(100 + i));
+    WriteFile(Path(name), content, 0644);
+    manifest_.files.push_back({name, content.size(), 0644, ToHex(Sha256(AsBytes(content))), "library"});
+  }
+  std::sort(manifest_.files.begin(), manifest_.files.end(),
+            [](const FileEntry& a, const FileEntry& b) { return a.path < b.path; });
+  std::atomic<uint64_t> progress{0};
+  TreePolicy policy;
+  policy.hash_threads = 3;
+  policy.progress = &progress;
+  policy.keep_open = {"lib/x86_64-linux-gnu/libmany000.so", "lib/x86_64-linux-gnu/libmany150.so"};
+  StatusOr<std::map<std::string, UniqueFd>> r = Verify(policy);
+  ASSERT_TRUE(r.ok()) << r.status().message();
+  EXPECT_EQ(r->size(), 2u);
+  uint64_t total = 0;
+  for (const FileEntry& f : manifest_.files) total += f.size;
+  EXPECT_EQ(progress.load(), total) << "every byte is hashed exactly once";
+
+  UniqueFd root = OpenRoot();
+  StatusOr<std::vector<FileEntry>> scanned = ScanTree(root.get(), policy);
+  ASSERT_TRUE(scanned.ok()) << scanned.status().message();
+  ASSERT_EQ(scanned->size(), manifest_.files.size());
+  for (size_t i = 0; i < scanned->size(); ++i) EXPECT_EQ((*scanned)[i].sha256, manifest_.files[i].sha256);
+
+  WriteFile(Path("lib/x86_64-linux-gnu/libmany150.so"), "changed", 0644);
+  ExpectFailure("lib/x86_64-linux-gnu/libmany150.so: size mismatch (manifest 1150, file 7): truncated", policy);
 }
 
 TEST_F(TreeVerifyTest, NameThatCannotBeListed) {
@@ -282,10 +409,10 @@ TEST_F(TreeVerifyTest, KeepOpenOfUnlistedPathIsAnError) {
 }
 
 TEST_F(TreeVerifyTest, ManifestListingAnExemptPathIsRefused) {
-  manifest_.files.push_back({"etc/appliance/manifest.sig", 8, 0644, std::string(64, 'a'), "config"});
+  manifest_.files.push_back({"etc/appliance/manifest.json", 8, 0644, std::string(64, 'a'), "config"});
   std::sort(manifest_.files.begin(), manifest_.files.end(),
             [](const FileEntry& a, const FileEntry& b) { return a.path < b.path; });
-  ExpectFailure("etc/appliance/manifest.sig: listed in the manifest but exempt from verification by the policy");
+  ExpectFailure("etc/appliance/manifest.json: listed in the manifest but exempt from verification by the policy");
 }
 
 TEST_F(TreeVerifyTest, InvalidManifestIsRefused) {
@@ -396,7 +523,10 @@ TEST_F(TreeVerifyTest, ScanSkipsExemptFilesAndScannedManifestVerifies) {
   UniqueFd root = OpenRoot();
   StatusOr<std::vector<FileEntry>> scanned = ScanTree(root.get(), TreePolicy{});
   ASSERT_TRUE(scanned.ok()) << scanned.status().message();
-  for (const FileEntry& f : *scanned) EXPECT_FALSE(f.path.starts_with("etc/appliance/manifest.")) << f.path;
+  for (const FileEntry& f : *scanned) {
+    EXPECT_FALSE(f.path.starts_with("etc/appliance/manifest.")) << f.path;
+    EXPECT_FALSE(f.path.starts_with("etc/appliance/signatures")) << f.path;
+  }
   Manifest m = manifest_;
   m.files = *scanned;
   EXPECT_TRUE(VerifyTree(root.get(), m, TreePolicy{}).ok());

@@ -30,12 +30,22 @@ void operator delete(void* p) noexcept { RawFree(p); }
 void operator delete[](void* p) noexcept { RawFree(p); }
 void operator delete(void* p, std::size_t) noexcept { RawFree(p); }
 void operator delete[](void* p, std::size_t) noexcept { RawFree(p); }
+// The nothrow forms too (std::stable_sort's temporary buffer uses them): a
+// sanitizer build would otherwise pair its own nothrow new with our free().
+void* operator new(std::size_t n, const std::nothrow_t&) noexcept {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  return RawAlloc(n);
+}
+void* operator new[](std::size_t n, const std::nothrow_t& t) noexcept { return operator new(n, t); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { RawFree(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { RawFree(p); }
 
 namespace appliance::runtime {
 namespace {
 
 TEST(Decode, AllocatesNothingPerToken) {
-  for (const char* name : {"stories260K.gguf", "synth-d256-f16.gguf", "synth-d256-q8_0.gguf"}) {
+  for (const char* name :
+       {"stories260K.gguf", "synth-d256-f16.gguf", "synth-d256-q8_0.gguf", "synth-d256-q4_k_m.gguf"}) {
     auto m = Model::LoadPath(testing::ModelPath(name));
     ASSERT_TRUE(m.ok()) << m.status().message();
     for (int threads : {1, 2}) {

@@ -1,6 +1,7 @@
 // appliance-runtime as a program: the CLI contracts, exit codes and error
 // lines, and `serve` started the way init starts it (fds 3 and 4).
 #include <fcntl.h>
+#include <stdlib.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
@@ -12,6 +13,7 @@
 
 #include "base/fd.h"
 #include "runtime/server.h"
+#include "tests/runtime/model_writer.h"
 #include "tests/runtime/test_util.h"
 
 namespace appliance::runtime {
@@ -144,10 +146,22 @@ TEST(Cli, ErrorsArePrintedOnceWithNonZeroExit) {
   EXPECT_EQ(r.err, "error: --tokens: 'x' is not a token id\n");
   r = RunCli({"logits", "--model", kStories, "--tokens", "1,512", "--json"});
   EXPECT_EQ(r.err, "error: --tokens: id 512 is outside [0, 512)\n");
-  r = RunCli({"generate", "--model", testing::ModelPath("synth-d256-q6_k.gguf"), "--prompt", "x", "--max-tokens", "4"});
-  EXPECT_EQ(r.code, 1);
-  EXPECT_THAT(r.err, StartsWith("error: "));
-  EXPECT_THAT(r.err, HasSubstr("cannot compute with yet"));
+  {
+    // A weight type the parser knows but no kernel computes (q2_K): refused by name.
+    testing::ModelSpec spec;
+    spec.n_embd = 256;
+    testing::TestModel m = testing::WriteModel(spec);
+    testing::GgufBuilder::Patch<uint32_t>(m.bytes, m.tensor("blk.0.ffn_up.weight").type_at, 10);
+    char path[] = "/tmp/cli_test_q2k_XXXXXX";
+    UniqueFd fd(::mkstemp(path));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(::write(fd.get(), m.bytes.data(), m.bytes.size()), static_cast<ssize_t>(m.bytes.size()));
+    r = RunCli({"generate", "--model", path, "--prompt", "x", "--max-tokens", "4"});
+    ::unlink(path);
+    EXPECT_EQ(r.code, 1);
+    EXPECT_THAT(r.err, StartsWith("error: "));
+    EXPECT_THAT(r.err, HasSubstr("tensor 'blk.0.ffn_up.weight' has type q2_K, which this runtime does not support"));
+  }
   r = RunCli({"generate", "--model", kStories, "--prompt", "x", "--max-tokens", "2048"});
   EXPECT_EQ(r.code, 1);
   EXPECT_EQ(r.err, "error: prompt (3 tokens) + max_tokens (2048) exceeds the context size 2048\n");

@@ -15,6 +15,7 @@ class GgufBuilder {
   enum : uint32_t { kU8 = 0, kI8, kU16, kI16, kU32, kI32, kF32, kBool, kString, kArray, kU64, kI64, kF64 };
 
   struct KvLayout {
+    std::string key;
     size_t key_length_at = 0;  // u64 key length
     size_t type_at = 0;        // u32 value type
     size_t value_at = 0;       // first byte of the value
@@ -47,22 +48,27 @@ class GgufBuilder {
   GgufBuilder& KvBool(const std::string& key, bool v) { return Kv(key, kBool, {static_cast<uint8_t>(v ? 1 : 0)}); }
   GgufBuilder& KvString(const std::string& key, const std::string& v) { return Kv(key, kString, Str(v)); }
   GgufBuilder& KvStringArray(const std::string& key, const std::vector<std::string>& v) {
+    return Kv(key, kArray, StringArray(v));
+  }
+  GgufBuilder& KvF32Array(const std::string& key, const std::vector<float>& v) {
+    return Kv(key, kArray, PodArray(kF32, v));
+  }
+  GgufBuilder& KvI32Array(const std::string& key, const std::vector<int32_t>& v) {
+    return Kv(key, kArray, PodArray(kI32, v));
+  }
+  // Encoded array values (element type, u64 count, elements), for Kv().
+  static std::vector<uint8_t> StringArray(const std::vector<std::string>& v) {
     std::vector<uint8_t> b = Pod(uint32_t{kString});
     Append(b, Pod(static_cast<uint64_t>(v.size())));
     for (const std::string& s : v) Append(b, Str(s));
-    return Kv(key, kArray, b);
+    return b;
   }
-  GgufBuilder& KvF32Array(const std::string& key, const std::vector<float>& v) {
-    std::vector<uint8_t> b = Pod(uint32_t{kF32});
+  template <typename T>
+  static std::vector<uint8_t> PodArray(uint32_t elem_type, const std::vector<T>& v) {
+    std::vector<uint8_t> b = Pod(elem_type);
     Append(b, Pod(static_cast<uint64_t>(v.size())));
-    for (float f : v) Append(b, Pod(f));
-    return Kv(key, kArray, b);
-  }
-  GgufBuilder& KvI32Array(const std::string& key, const std::vector<int32_t>& v) {
-    std::vector<uint8_t> b = Pod(uint32_t{kI32});
-    Append(b, Pod(static_cast<uint64_t>(v.size())));
-    for (int32_t i : v) Append(b, Pod(i));
-    return Kv(key, kArray, b);
+    for (const T& x : v) Append(b, Pod(x));
+    return b;
   }
   // Any value, given as its raw encoding.
   GgufBuilder& Kv(const std::string& key, uint32_t type, std::vector<uint8_t> value) {
@@ -91,6 +97,7 @@ class GgufBuilder {
     Append(out, Pod(static_cast<uint64_t>(kvs_.size())));
     for (const KvEntry& kv : kvs_) {
       KvLayout k;
+      k.key = kv.key;
       k.key_length_at = out.size();
       Append(out, Str(kv.key));
       k.type_at = out.size();

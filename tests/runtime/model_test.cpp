@@ -41,10 +41,16 @@ TEST(Model, LoadsTinyLlamaWithDefaults) {
   EXPECT_EQ(c.n_vocab, 260);
   EXPECT_EQ(c.n_embd, 8);
   EXPECT_EQ(c.n_layer, 2);
-  EXPECT_EQ(c.head_dim, 4);
-  EXPECT_EQ(c.n_rot, 4);                    // default: head_dim
+  EXPECT_EQ(c.arch, Arch::kLlama);
+  EXPECT_EQ(c.rope_type, RopeType::kNorm);
+  EXPECT_EQ(c.head_dim_k, 4);               // default: n_embd / n_head
+  EXPECT_EQ(c.head_dim_v, 4);
+  EXPECT_EQ(c.n_rot, 4);                    // default: head_dim_k
   EXPECT_EQ(c.rope_freq_base, 10000.0f);    // default
-  EXPECT_EQ(c.kv_dim(), 4);
+  EXPECT_EQ(c.rope_freq_scale, 1.0f);       // default
+  EXPECT_EQ(c.k_dim(), 4);
+  EXPECT_EQ(c.v_dim(), 4);
+  EXPECT_EQ(c.q_dim(), 8);
   EXPECT_EQ((*m)->name(), "tiny");
   EXPECT_NE((*m)->weights().output.data, (*m)->weights().token_embd.data);
 }
@@ -95,22 +101,23 @@ TEST(Model, RefusesMissingWrongAndExtraTensors) {
   o.shape_override["output_norm.weight"] = {8, 1};
   EXPECT_EQ(LoadError(o), "tiny: tensor 'output_norm.weight' has shape [8, 1], expected [8]");
   o = {};
-  o.type_override["blk.0.ffn_gate.weight"] = 2;  // q4_0: known to the parser, no kernels yet
+  o.type_override["blk.0.ffn_gate.weight"] = 2;  // q4_0
   o.shape_override["blk.0.ffn_gate.weight"] = {32, 16};
   EXPECT_THAT(LoadError(o), HasSubstr("tensor 'blk.0.ffn_gate.weight' has shape [32, 16], expected [8, 16]"));
-  o.n_embd = 32;  // now the shape fits and only the type is wrong
-  o.n_head = 2;
-  o.shape_override.clear();
+  o = {};
+  o.n_embd = 256;  // a q2_K row: known to the parser, no kernels
+  o.type_override["blk.0.ffn_gate.weight"] = 10;
   EXPECT_EQ(LoadError(o),
-            "tiny: tensor 'blk.0.ffn_gate.weight' has type q4_0, which this runtime cannot compute with yet "
-            "(supported: f32, f16, bf16, q8_0)");
+            "tiny: tensor 'blk.0.ffn_gate.weight' has type q2_K, which this runtime does not support for weights "
+            "(supported: f32, f16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K, bf16)");
   o = {};
   o.type_override["blk.0.attn_norm.weight"] = 1;  // norms must be f32
   EXPECT_EQ(LoadError(o), "tiny: tensor 'blk.0.attn_norm.weight' has type f16, expected f32");
   o = {};
   o.extra = {"rope_freqs.weight"};
   EXPECT_EQ(LoadError(o),
-            "tiny: unexpected tensor 'rope_freqs.weight' (not part of the llama architecture this runtime implements)");
+            "tiny: unexpected tensor 'rope_freqs.weight' (not part of the llama architecture as this runtime "
+            "implements it)");
   o = {};
   o.misalign = true;
   EXPECT_EQ(LoadError(o), "tiny: tensor 'token_embd.weight' data is not 4-byte aligned");
@@ -119,7 +126,7 @@ TEST(Model, RefusesMissingWrongAndExtraTensors) {
 TEST(Model, RefusesBadHyperparameters) {
   TinyOptions o;
   o.arch = "gpt2";
-  EXPECT_EQ(LoadError(o), "tiny: architecture 'gpt2' is not supported (this runtime implements llama)");
+  EXPECT_EQ(LoadError(o), "tiny: architecture 'gpt2' is not supported (this runtime implements llama, qwen2, qwen3)");
   o = {};
   o.n_head = 3;
   EXPECT_EQ(LoadError(o), "tiny: llama.embedding_length 8 is not a multiple of llama.attention.head_count 3");
@@ -127,11 +134,16 @@ TEST(Model, RefusesBadHyperparameters) {
   o.extra_u32["llama.attention.head_count_kv"] = 0;
   EXPECT_EQ(LoadError(o), "tiny: llama.attention.head_count_kv = 0 is outside [1, 2]");
   o = {};
+  o.n_head = 6;
+  o.n_embd = 12;
+  o.n_head_kv = 4;
+  EXPECT_EQ(LoadError(o), "tiny: llama.attention.head_count 6 is not a multiple of llama.attention.head_count_kv 4");
+  o = {};
   o.extra_u32["llama.block_count"] = 5000;
   EXPECT_EQ(LoadError(o), "tiny: llama.block_count = 5000 is outside [1, 1024]");
   o = {};
   o.extra_u32["llama.rope.dimension_count"] = 3;
-  EXPECT_EQ(LoadError(o), "tiny: llama.rope.dimension_count 3 must be even and within [2, head_dim 4]");
+  EXPECT_EQ(LoadError(o), "tiny: llama.rope.dimension_count 3 must be even and within [2, key head size 4]");
   o = {};
   o.rms_eps = 0.0f;
   EXPECT_EQ(LoadError(o), "tiny: llama.attention.layer_norm_rms_epsilon 0.000000 is outside (0, 1)");
@@ -140,17 +152,13 @@ TEST(Model, RefusesBadHyperparameters) {
   EXPECT_THAT(LoadError(o), HasSubstr("layer_norm_rms_epsilon"));
   o = {};
   o.extra_u32["llama.expert_count"] = 8;
-  EXPECT_EQ(LoadError(o), "tiny: mixture-of-experts llama models (llama.expert_count) are not supported");
+  EXPECT_EQ(LoadError(o), "tiny: mixture-of-experts models (llama.expert_count) are not supported");
   o = {};
   o.vocab_extra = 3;
   EXPECT_EQ(LoadError(o), "tiny: tokenizer has 263 tokens but token_embd.weight has 260 rows");
 }
 
-TEST(Model, RefusesUnsupportedRealFilesWithTensorName) {
-  auto m = Model::LoadPath(testing::ModelPath("synth-d256-q4_k_m.gguf"));
-  ASSERT_FALSE(m.ok());
-  EXPECT_THAT(m.status().message(), HasSubstr("synth-d256-q4_k_m.gguf: tensor '"));
-  EXPECT_THAT(m.status().message(), HasSubstr("which this runtime cannot compute with yet"));
+TEST(Model, RefusesMissingFiles) {
   auto missing = Model::LoadPath("/nonexistent/model.gguf");
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().message(), "open /nonexistent/model.gguf: No such file or directory");
