@@ -73,7 +73,6 @@ StatusOr<VerifiedImage> VerifyImage(int root_fd, const BootPolicy& policy) {
                                              kSignatureDir));
   image.signer_key_ids = std::move(check.valid);
   image.unknown_signers = std::move(check.untrusted);
-  image.signer_key_id = image.signer_key_ids.front();  // the threshold is at least 1
   auto parsed = manifest::Parse(AsBytes(manifest_bytes));
   if (!parsed.ok()) return parsed.status().Context(kManifestPath);
   image.manifest = std::move(parsed).value();

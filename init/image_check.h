@@ -33,7 +33,6 @@ struct BootPolicy {
 
 struct VerifiedImage {
   manifest::Manifest manifest;
-  std::string signer_key_id;                 // the first of signer_key_ids (for the boot log)
   std::vector<std::string> signer_key_ids;   // pinned keys whose signature verified, sorted
   std::vector<std::string> unknown_signers;  // signatures by keys this init does not pin (not checked)
   RuntimeConfig config;

@@ -106,11 +106,15 @@ void StopRuntime(pid_t runtime, const sigset_t& signals) {
   uint64_t bytes = 0;
   for (const auto& file : image->manifest.files) bytes += file.size;
   const double ms = static_cast<double>(t1.tv_sec - t0.tv_sec) * 1e3 + static_cast<double>(t1.tv_nsec - t0.tv_nsec) / 1e6;
-  char summary[256];
-  std::snprintf(summary, sizeof summary, "manifest verified: %zu files, %.1f MB in %.0f ms; version %llu, signer %.16s",
+  char summary[160];
+  std::snprintf(summary, sizeof summary, "manifest verified: %zu files, %.1f MB in %.0f ms; version %llu; ",
                 image->manifest.files.size(), static_cast<double>(bytes) / 1e6, ms,
-                static_cast<unsigned long long>(image->manifest.manifest_version), image->signer_key_id.c_str());
-  Log(summary);
+                static_cast<unsigned long long>(image->manifest.manifest_version));
+  // Every key whose signature verified (16 hex digits of each id), against the threshold.
+  std::string signers;
+  for (const std::string& id : image->signer_key_ids) signers += (signers.empty() ? "" : ",") + id.substr(0, 16);
+  Log(summary + std::to_string(image->signer_key_ids.size()) + " valid signatures, threshold " +
+      std::to_string(policy.signature_threshold) + " (" + signers + ")");
   root.reset();
 
   if (Status s = MountEarlyFilesystems(); !s.ok()) Fatal(s);

@@ -133,7 +133,6 @@ TEST_F(ImageCheckTest, AcceptsIntactImageAndHandsOverVerifiedFds) {
   char buf[8] = {};
   ASSERT_EQ(::read(image->executable.get(), buf, 7), 7);
   EXPECT_EQ(std::string(buf), "runtime");
-  EXPECT_EQ(image->signer_key_id, Id(keys_));
   EXPECT_EQ(image->signer_key_ids, std::vector<std::string>{Id(keys_)});
   EXPECT_TRUE(image->unknown_signers.empty());
 }
