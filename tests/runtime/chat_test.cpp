@@ -3,13 +3,11 @@
 // `appliance-runtime generate --chat`. The model's weights make greedy
 // decoding pick one chosen token every time (all embeddings equal, one output
 // row set), so the expected ids are known.
-#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -22,6 +20,7 @@
 #include "runtime/model.h"
 #include "runtime/server.h"
 #include "tests/runtime/gguf_builder.h"
+#include "tests/support/command.h"
 #include "tests/runtime/test_util.h"
 
 namespace appliance::runtime {
@@ -247,43 +246,10 @@ struct CliResult {
 };
 
 CliResult RunCli(const std::vector<std::string>& args) {
-  std::vector<std::string> argv_s = {APPLIANCE_RUNTIME_BIN};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& s : argv_s) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  int out[2], err[2];
-  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return {};
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(out[1], 1);
-    ::dup2(err[1], 2);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  ::close(err[1]);
-  CliResult r;
-  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_fds = 2;
-  while (open_fds > 0 && ::poll(fds, 2, 120000) > 0) {
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      char buf[4096];
-      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
-      if (n <= 0) {
-        ::close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_fds;
-        continue;
-      }
-      (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-    }
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
+  std::vector<std::string> argv = {APPLIANCE_RUNTIME_BIN};
+  argv.insert(argv.end(), args.begin(), args.end());
+  appliance::testing::CommandResult r = appliance::testing::RunCommand(argv, 120);
+  return {r.exit_code, std::move(r.out), std::move(r.err)};
 }
 
 // A file that is removed when the test ends.

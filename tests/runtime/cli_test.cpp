@@ -4,9 +4,7 @@
 #include <stdlib.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <poll.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
@@ -14,6 +12,7 @@
 #include "base/fd.h"
 #include "runtime/server.h"
 #include "tests/runtime/model_writer.h"
+#include "tests/support/command.h"
 #include "tests/runtime/test_util.h"
 
 namespace appliance::runtime {
@@ -28,53 +27,13 @@ struct CliResult {
   std::string out, err;
 };
 
-// Runs the binary with `args`; fds in `inherit` (child fd -> parent fd) are
-// passed as those numbers. Everything the child needs is prepared before fork.
+// Runs the runtime binary with `args`; fds in `inherit` (child fd -> parent
+// fd) are passed as those numbers.
 CliResult RunCli(const std::vector<std::string>& args, const std::vector<std::pair<int, int>>& inherit = {}) {
-  std::vector<std::string> argv_s = {APPLIANCE_RUNTIME_BIN};
-  argv_s.insert(argv_s.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (std::string& s : argv_s) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  int out[2], err[2];
-  if (::pipe2(out, O_CLOEXEC) != 0 || ::pipe2(err, O_CLOEXEC) != 0) return {};
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::dup2(out[1], 1);
-    ::dup2(err[1], 2);
-    // Stage every source above the targets first, so that a source that
-    // happens to sit on another target's number is not overwritten; dup2 to
-    // the target then also clears CLOEXEC.
-    std::pair<int, int> staged[8];
-    size_t n_staged = 0;
-    for (const auto& [child_fd, parent_fd] : inherit) staged[n_staged++] = {child_fd, ::fcntl(parent_fd, F_DUPFD, 100)};
-    for (size_t i = 0; i < n_staged; ++i) ::dup2(staged[i].second, staged[i].first);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  ::close(err[1]);
-  CliResult r;
-  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  int open_fds = 2;
-  while (open_fds > 0 && ::poll(fds, 2, 120000) > 0) {
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-      char buf[4096];
-      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
-      if (n <= 0) {
-        ::close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_fds;
-        continue;
-      }
-      (i == 0 ? r.out : r.err).append(buf, static_cast<size_t>(n));
-    }
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  return r;
+  std::vector<std::string> argv = {APPLIANCE_RUNTIME_BIN};
+  argv.insert(argv.end(), args.begin(), args.end());
+  appliance::testing::CommandResult r = appliance::testing::RunCommand(argv, 120, inherit);
+  return {r.exit_code, std::move(r.out), std::move(r.err)};
 }
 
 const std::string kStories = testing::ModelPath("stories260K.gguf");

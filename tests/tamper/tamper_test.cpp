@@ -15,11 +15,7 @@
 //
 // All boots run in SetUpTestSuite, APPLIANCE_TAMPER_PARALLEL (default 2) at a
 // time; each TEST then checks one case's console.
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,9 +38,8 @@
 #include "manifests/crypto.h"
 #include "manifests/manifest.h"
 #include "manifests/signatures.h"
+#include "tests/support/command.h"
 #include "tests/tamper/cpio_edit.h"
-
-extern char** environ;
 
 namespace appliance::tamper {
 namespace {
@@ -63,84 +58,9 @@ constexpr const char* kSignatureDir = "etc/appliance/signatures";
 
 std::span<const uint8_t> Bytes(const std::string& s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
 
-std::string ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-struct CommandResult {
-  int exit_code = -1;
-  std::string out;
-  std::string err;
-  double seconds = 0;
-};
-
-// Runs argv with stdout/stderr captured; kills it after `timeout_s`. No gtest
-// macros: called from the boot threads.
-CommandResult RunCommand(const std::vector<std::string>& args, int timeout_s) {
-  CommandResult result;
-  const auto start = std::chrono::steady_clock::now();
-  int out_pipe[2], err_pipe[2];
-  if (::pipe2(out_pipe, O_CLOEXEC) != 0) return result;
-  if (::pipe2(err_pipe, O_CLOEXEC) != 0) {
-    ::close(out_pipe[0]);
-    ::close(out_pipe[1]);
-    return result;
-  }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
-  posix_spawn_file_actions_adddup2(&actions, err_pipe[1], STDERR_FILENO);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  std::vector<char*> argv;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&actions);
-  ::close(out_pipe[1]);
-  ::close(err_pipe[1]);
-  if (rc != 0) {
-    ::close(out_pipe[0]);
-    ::close(err_pipe[0]);
-    result.err = std::string("spawn failed: ") + std::strerror(rc);
-    return result;
-  }
-  const auto deadline = start + std::chrono::seconds(timeout_s);
-  struct pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
-  std::string* sinks[2] = {&result.out, &result.err};
-  int open_pipes = 2;
-  while (open_pipes > 0) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      result.err += "\n[test: timed out after " + std::to_string(timeout_s) + " s]";
-      break;
-    }
-    if (::poll(fds, 2, 1000) <= 0) continue;
-    for (int i = 0; i < 2; ++i) {
-      if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP))) continue;
-      char buf[4096];
-      const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
-      if (n > 0) {
-        sinks[i]->append(buf, static_cast<size_t>(n));
-      } else {
-        ::close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_pipes;
-      }
-    }
-  }
-  for (auto& f : fds) {
-    if (f.fd >= 0) ::close(f.fd);
-  }
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return result;
-}
+using appliance::testing::CommandResult;
+using appliance::testing::ReadFile;
+using appliance::testing::RunCommand;
 
 // The init lines of a console log ("appliance-init: ..."), in order.
 std::vector<std::string> InitLines(const std::string& console) {
