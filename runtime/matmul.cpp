@@ -10,26 +10,38 @@
 namespace appliance::runtime {
 namespace {
 
-// Rows of a weight matrix per batched-path task: one dequantized panel of
+// Rows of a weight matrix per sgemm-path task: one dequantized panel of
 // 64 rows stays in L2 while OpenBLAS streams the activations past it.
 constexpr int64_t kPanelRows = 64;
-// Rows per decode-path task.
-constexpr int64_t kDecodeRows = 32;
+// From this many activation rows on, a type without a tiled integer kernel
+// goes through sgemm on dequantized panels: vec_dot in a loop does ~10 GMAC/s
+// per core with AVX2 (Q4_K, 768 columns), OpenBLAS's sgemm ~35 once the
+// panel's dequantization is spread over 8 or more rows. The tiled integer
+// kernels (AVX-512) beat sgemm at every batch size (~45-55 GMAC/s per core at
+// 512 rows) and are always used.
+constexpr int64_t kSgemmMinRows = 8;
 // Below this many multiply-adds a job runs on the calling thread: waking the
 // workers costs more than the work (stories260K's matrices are all below it).
 constexpr int64_t kMinParallelWork = 1 << 15;
+// Rows per integer-path task, at least: each task is a contiguous range of
+// weight rows, so it reads its part of the matrix sequentially.
+constexpr int64_t kMinTaskRows = 16;
+
+// Bytes per element of the widest converted activation row (F16/BF16; Q8_0
+// takes 34/32, Q8_K 292/256, F32 is used in place).
+constexpr int64_t kMaxActBytes = 2;
 
 }  // namespace
 
 uint64_t MatMulEngine::ScratchBytes(int64_t max_cols, int64_t max_n, int n_threads) {
   const uint64_t cols = static_cast<uint64_t>(max_cols);
-  return 4 * (cols + static_cast<uint64_t>(max_n) * cols + static_cast<uint64_t>(n_threads) * kPanelRows * cols);
+  const uint64_t n = static_cast<uint64_t>(max_n);
+  return kMaxActBytes * n * cols + 4 * n * cols + 4 * static_cast<uint64_t>(n_threads) * kPanelRows * cols;
 }
 
 Status MatMulEngine::Allocate(int64_t max_cols, int64_t max_n, int n_threads) {
   try {
-    // No vec_dot_type is wider than f32 (q8_K, the widest quantized one, takes 292 bytes per 256).
-    xq_.assign(static_cast<size_t>(max_cols) * sizeof(float), 0);
+    xq_.assign(static_cast<size_t>(kMaxActBytes * max_n * max_cols), 0);
     xr_.assign(static_cast<size_t>(max_n * max_cols), 0.0f);
     panel_.resize(static_cast<size_t>(n_threads));
     for (auto& p : panel_) p.assign(static_cast<size_t>(kPanelRows * max_cols), 0.0f);
@@ -41,34 +53,49 @@ Status MatMulEngine::Allocate(int64_t max_cols, int64_t max_n, int n_threads) {
 
 void MatMulEngine::Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
   const kernels::TypeKernels& k = *kernels::Find(w.type);
-  const int64_t rows = w.rows;
-  const int64_t cols = w.cols;
-  const bool parallel = rows * cols * n > kMinParallelWork;
-
-  if (n == 1) {
-    // Decode: convert the activation row once, then one dot product per
-    // weight row, rows split in fixed chunks across the pool.
-    const void* xv = x;
-    if (k.vec_dot_type != TensorType::kF32) {
-      kernels::Find(k.vec_dot_type)->from_float(x, xq_.data(), cols);
-      xv = xq_.data();
-    }
-    auto task = [&](int64_t t, int /*thread*/) {
-      const int64_t r1 = std::min(rows, (t + 1) * kDecodeRows);
-      for (int64_t r = t * kDecodeRows; r < r1; ++r) y[r] = k.vec_dot(cols, w.row(r), xv);
-    };
-    const int64_t tasks = (rows + kDecodeRows - 1) / kDecodeRows;
-    if (parallel) {
-      pool.For(tasks, task);
-    } else {
-      for (int64_t t = 0; t < tasks; ++t) task(t, 0);
-    }
+  const bool parallel = w.rows * w.cols * n > kMinParallelWork;
+  if (n >= kSgemmMinRows && !k.tiled_gemm) {
+    RunSgemm(pool, k, w, x, n, y, parallel);
     return;
   }
+  const int64_t cols = w.cols;
+  const void* xv = x;
+  size_t x_stride = static_cast<size_t>(cols) * sizeof(float);
+  if (k.vec_dot_type != TensorType::kF32) {
+    // Activations are converted once per product, not once per weight row.
+    const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
+    x_stride = kernels::RowBytes(k.vec_dot_type, cols);
+    uint8_t* xq = xq_.data();
+    auto convert = [&](int64_t t, int /*thread*/) {
+      const int64_t i1 = n * (t + 1) / pool.size();
+      for (int64_t i = n * t / pool.size(); i < i1; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+    };
+    if (parallel && n >= 2 * pool.size()) {
+      pool.For(pool.size(), convert);
+    } else {
+      for (int64_t i = 0; i < n; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+    }
+    xv = xq;
+  }
+  // Balanced contiguous row ranges, one per thread: one claim per thread and
+  // each thread streams its own part of the matrix. Every output element is
+  // computed by gemm the same way whichever range it falls in.
+  const int64_t tasks = parallel ? std::clamp<int64_t>(w.rows / kMinTaskRows, 1, pool.size()) : 1;
+  auto task = [&](int64_t t, int /*thread*/) {
+    const int64_t r0 = w.rows * t / tasks;
+    const int64_t r1 = w.rows * (t + 1) / tasks;
+    k.gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, y + r0, w.rows);
+  };
+  pool.For(tasks, task);
+}
 
-  // Batched: llama.cpp multiplies F16/BF16/Q8_0 weights with activations
-  // converted to that type, so round the activations through it first; the
-  // product itself is then plain F32 GEMM on a dequantized panel.
+void MatMulEngine::RunSgemm(ThreadPool& pool, const kernels::TypeKernels& k, const Matrix& w, const float* x, int64_t n,
+                            float* y, bool parallel) {
+  // llama.cpp multiplies F16/BF16/Q8_0 weights with activations converted to
+  // that type, so round the activations through it first; the product itself
+  // is then plain F32 GEMM on a dequantized panel.
+  const int64_t rows = w.rows;
+  const int64_t cols = w.cols;
   const float* xa = x;
   if (k.vec_dot_type != TensorType::kF32) {
     const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);

@@ -1,13 +1,24 @@
 // The matrix products of the forward pass: y[n][W.rows] = x[n][W.cols] * W^T
 // for a weight matrix W of any supported type and n activation rows, threaded
-// over the engine's pool. Owns the scratch it needs (converted activations,
-// per-thread weight panels), sized once by Allocate(); Run() allocates nothing.
+// over the engine's pool. n is 1 when one sequence decodes, a few when several
+// decode together, hundreds for a prompt.
+//
+// Two routes:
+//  - integer (all n for types with a tiled kernel, small n otherwise): the
+//    activations are converted to the weight type's vec_dot_type once, then
+//    TypeKernels::gemm runs each thread's contiguous range of weight rows
+//    against all n rows, each weight block read once per tile of rows.
+//  - sgemm (n >= 8 for types without a tiled kernel): activations rounded
+//    through the vec_dot_type, weight panels dequantized to F32, OpenBLAS.
+// Owns the scratch it needs (converted activations, per-thread weight
+// panels), sized once by Allocate(); Run() allocates nothing.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "base/status.h"
+#include "runtime/kernels/kernels.h"
 #include "runtime/model.h"
 #include "runtime/thread_pool.h"
 
@@ -26,8 +37,11 @@ class MatMulEngine {
   void Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y);
 
  private:
-  // Activations converted to a weight's vec_dot_type (decode), and rounded
-  // back to float (batched path).
+  void RunSgemm(ThreadPool& pool, const kernels::TypeKernels& k, const Matrix& w, const float* x, int64_t n, float* y,
+                bool parallel);
+
+  // Activations converted to a weight's vec_dot_type (n rows), and rounded
+  // back to float for sgemm.
   std::vector<uint8_t> xq_;
   std::vector<float> xr_;
   // Per thread: a dequantized weight panel.

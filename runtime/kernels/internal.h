@@ -158,6 +158,28 @@ inline float HalfToFloat(uint16_t h) { return kHalfTable.value[h]; }
 inline float HalfAt(const uint8_t* p) { return kHalfTable.value[LoadU16(p)]; }
 inline float BfloatToFloat(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
+// TypeKernels::gemm for a type without a tile kernel: vec_dot per output,
+// weight row by weight row, so each row is fetched from memory once and read
+// from L1 for the other activation rows.
+template <float (*kDot)(int64_t, const void*, const void*)>
+void GemmByDot(int64_t n, const void* w, size_t w_stride, int64_t rows, const void* x, size_t x_stride, int64_t nx,
+               float* y, int64_t y_stride) {
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  const uint8_t* xb = static_cast<const uint8_t*>(x);
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < nx; ++j) {
+      y[j * y_stride + i] = kDot(n, wb + static_cast<size_t>(i) * w_stride, xb + static_cast<size_t>(j) * x_stride);
+    }
+  }
+}
+
+// The table of a weight type whose gemm is kDot in a loop.
+template <float (*kDot)(int64_t, const void*, const void*)>
+constexpr TypeKernels WithDot(TensorType type, TensorType vec_dot_type, void (*to_float)(const void*, float*, int64_t),
+                              void (*from_float)(const float*, void*, int64_t)) {
+  return {type, vec_dot_type, to_float, from_float, kDot, GemmByDot<kDot>, false};
+}
+
 // Returns the portable table for `type` or nullptr.
 const TypeKernels* PortableKernels(TensorType type);
 const VecKernels* PortableVec();
@@ -168,5 +190,9 @@ const TypeKernels* PortableQuantKernels(TensorType type);
 const TypeKernels* Avx2Kernels(TensorType type);
 const VecKernels* Avx2Vec();
 const TypeKernels* Avx2QuantKernels(TensorType type);
+
+// Returns the AVX-512 table for `type` or nullptr (the caller falls back to
+// AVX2's); only call when the CPU has it.
+const TypeKernels* Avx512Kernels(TensorType type);
 
 }  // namespace appliance::runtime::kernels::internal
