@@ -119,19 +119,28 @@ inline uint32_t LoadU32(const uint8_t* p) {
 // get_scale_min_k4): sub-blocks 0-3 keep theirs in the low 6 bits of bytes
 // 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 have their low 4 bits in the
 // nibbles of bytes 8-11 and their high 2 bits in the top bits of bytes 0-7.
-// Unpacked four bytes at a time with 32-bit masks (bytes stay in their lanes).
+// Unpacked four bytes at a time with 32-bit masks (bytes stay in their lanes)
+// into two words, byte s of each being sub-block s's value: the SIMD kernels
+// move them straight into a vector register (through memory, two 4-byte
+// stores read back as 8 bytes would stall store forwarding).
 static_assert(std::endian::native == std::endian::little, "block fields are read as little-endian words");
-inline void UnpackScalesMinsK4(const uint8_t* q, uint8_t sc[8], uint8_t m[8]) {
+struct ScalesMinsK4 {
+  uint64_t scales;
+  uint64_t mins;
+};
+inline ScalesMinsK4 UnpackScalesMinsK4(const uint8_t* q) {
   uint32_t u[3];
   std::memcpy(u, q, 12);
   const uint32_t sc_lo = u[0] & 0x3f3f3f3fu;
   const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
   const uint32_t m_lo = u[1] & 0x3f3f3f3fu;
   const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-  std::memcpy(sc, &sc_lo, 4);
-  std::memcpy(sc + 4, &sc_hi, 4);
-  std::memcpy(m, &m_lo, 4);
-  std::memcpy(m + 4, &m_hi, 4);
+  return {sc_lo | static_cast<uint64_t>(sc_hi) << 32, m_lo | static_cast<uint64_t>(m_hi) << 32};
+}
+inline void UnpackScalesMinsK4(const uint8_t* q, uint8_t sc[8], uint8_t m[8]) {
+  const ScalesMinsK4 u = UnpackScalesMinsK4(q);
+  std::memcpy(sc, &u.scales, 8);
+  std::memcpy(m, &u.mins, 8);
 }
 
 // round-half-even(v) (the FPU's default rounding, as ggml's x86 quantizers

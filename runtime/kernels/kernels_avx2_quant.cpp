@@ -222,17 +222,17 @@ APPLIANCE_AVX2 float QK4Dot(int64_t n, const void* w, const void* act) {
   constexpr bool kFiveBit = std::is_same_v<Block, BlockQ5_K>;
   const Block* x = static_cast<const Block*>(w);
   const BlockQ8_K* y = static_cast<const BlockQ8_K*>(act);
-  uint8_t sc[8], m[8];
+  uint8_t sc[8];
   __m256 acc = _mm256_setzero_ps();
   __m128 acc_m = _mm_setzero_ps();
   for (int64_t b = 0; b < n / kQKK; ++b) {
-    UnpackScalesMinsK4(x[b].scales, sc, m);
+    const ScalesMinsK4 u = UnpackScalesMinsK4(x[b].scales);
+    std::memcpy(sc, &u.scales, 8);
     // Mins: sum_s m[s] * (bsums[2s] + bsums[2s+1]), as 4 int32 lanes.
-    uint64_t m8;
-    std::memcpy(&m8, m, 8);
     const __m256i bsums = Load32(y[b].bsums);
     const __m128i pair_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-    const __m128i mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(m8))), pair_sums);
+    const __m128i mins =
+        _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(u.mins))), pair_sums);
     acc_m = _mm_fmadd_ps(_mm_set1_ps(HalfAt(x[b].dmin) * y[b].d), _mm_cvtepi32_ps(mins), acc_m);
     __m256i hbits = _mm256_setzero_si256();
     if constexpr (kFiveBit) hbits = Load32(x[b].qh);

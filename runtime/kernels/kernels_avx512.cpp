@@ -96,12 +96,11 @@ struct QK4 {
 
   template <int G>
   APPLIANCE_AVX512 static void Dot(const W& w, const X* const (&x)[G], Acc (&acc)[G]) {
-    uint8_t sc[8], m[8];
-    UnpackScalesMinsK4(w.scales, sc, m);
+    const ScalesMinsK4 u = UnpackScalesMinsK4(w.scales);
     const __m512i sc16 =
-        _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sc))));
+        _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_cvtsi64_si128(static_cast<long long>(u.scales))));
     // m[s] in int16 lanes 2s and 2s + 1, to meet Q8_K's bsums[2s] and bsums[2s + 1].
-    const __m128i m_pairs = _mm_shuffle_epi8(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)),
+    const __m128i m_pairs = _mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(u.mins)),
                                              _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0));
     const __m256i m16 = _mm256_cvtepu8_epi16(m_pairs);
     __m512i hbits = _mm512_setzero_si512();
@@ -355,8 +354,13 @@ TypeKernels Tiled(TensorType type, TensorType vec_dot_type, void (*from_float)(c
 // Dequantization (to_float) stays AVX2's: it only serves the float paths, and
 // sharing it keeps the dequantized floats identical on both tiers.
 const TypeKernels* Avx512Kernels(TensorType type) {
-  static const TypeKernels kQ8_K = {TensorType::kQ8_K, TensorType::kQ8_K, PortableKernels(TensorType::kQ8_K)->to_float,
-                                    Q8_KFromFloat, nullptr, nullptr, false};
+  static const TypeKernels kQ8_K = {TensorType::kQ8_K,
+                                    TensorType::kQ8_K,
+                                    PortableKernels(TensorType::kQ8_K)->to_float,
+                                    Q8_KFromFloat,
+                                    nullptr,
+                                    nullptr,
+                                    false};
   static const TypeKernels kQ8_0 = Tiled<Q32<BlockQ8_0>>(TensorType::kQ8_0, TensorType::kQ8_0, Q8_0FromFloat);
   static const TypeKernels kQ4_0 = Tiled<Q32<BlockQ4_0>>(TensorType::kQ4_0, TensorType::kQ8_0, nullptr);
   static const TypeKernels kQ4_K = Tiled<QK4<BlockQ4_K>>(TensorType::kQ4_K, TensorType::kQ8_K, nullptr);
