@@ -13,13 +13,12 @@ namespace {
 // Rows of a weight matrix per sgemm-path task: one dequantized panel of
 // 64 rows stays in L2 while OpenBLAS streams the activations past it.
 constexpr int64_t kPanelRows = 64;
-// From this many activation rows on, a type without a tiled integer kernel
-// goes through sgemm on dequantized panels: vec_dot in a loop does ~10 GMAC/s
-// per core with AVX2 (Q4_K, 768 columns), OpenBLAS's sgemm ~35 once the
-// panel's dequantization is spread over 8 or more rows. The tiled integer
-// kernels (AVX-512) beat sgemm at every batch size (~45-55 GMAC/s per core at
-// 512 rows) and are always used.
-constexpr int64_t kSgemmMinRows = 8;
+// Which route a product takes is the weight type's measured choice
+// (TypeKernels::sgemm_min_rows). The tiled integer kernels (AVX-512) always
+// win: CPU time per multiply-add on one core, Q4_K 768x768, they run at ~32
+// GMAC/s for 1 row, ~74 for 8, ~70 for 512, where dequantize + OpenBLAS sgemm
+// reaches ~19 for 16 rows and ~38 for 512; and they give the same logits for
+// a prompt as for decoding it token by token.
 // Below this many multiply-adds a job runs on the calling thread: waking the
 // workers costs more than the work (stories260K's matrices are all below it).
 constexpr int64_t kMinParallelWork = 1 << 15;
@@ -54,7 +53,7 @@ Status MatMulEngine::Allocate(int64_t max_cols, int64_t max_n, int n_threads) {
 void MatMulEngine::Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
   const kernels::TypeKernels& k = *kernels::Find(w.type);
   const bool parallel = w.rows * w.cols * n > kMinParallelWork;
-  if (n >= kSgemmMinRows && !k.tiled_gemm) {
+  if (k.sgemm_min_rows != 0 && n >= k.sgemm_min_rows) {
     RunSgemm(pool, k, w, x, n, y, parallel);
     return;
   }

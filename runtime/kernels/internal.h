@@ -182,11 +182,21 @@ void GemmByDot(int64_t n, const void* w, size_t w_stride, int64_t rows, const vo
   }
 }
 
+// Batch sizes from which sgemm on dequantized panels beats GemmByDot (CPU
+// time per multiply-add, Q4_K/Q6_K rows of 768 and 2048 on a Sapphire Rapids
+// core): the portable dot products run at ~0.3 GMAC/s, far below sgemm even
+// for 2 rows; AVX2's quantized ones at ~31 GMAC/s, sgemm at ~29 for 8 rows,
+// ~35 from 16 on. The float types need no dequantization beyond a widening
+// and stay on sgemm from 2 rows, as before the integer route existed.
+constexpr int64_t kPortableSgemmMinRows = 2;
+constexpr int64_t kAvx2SgemmMinRows = 16;
+constexpr int64_t kFloatSgemmMinRows = 2;
+
 // The table of a weight type whose gemm is kDot in a loop.
 template <float (*kDot)(int64_t, const void*, const void*)>
 constexpr TypeKernels WithDot(TensorType type, TensorType vec_dot_type, void (*to_float)(const void*, float*, int64_t),
-                              void (*from_float)(const float*, void*, int64_t)) {
-  return {type, vec_dot_type, to_float, from_float, kDot, GemmByDot<kDot>, false};
+                              void (*from_float)(const float*, void*, int64_t), int64_t sgemm_min_rows) {
+  return {type, vec_dot_type, to_float, from_float, kDot, GemmByDot<kDot>, sgemm_min_rows};
 }
 
 // Returns the portable table for `type` or nullptr.

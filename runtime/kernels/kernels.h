@@ -46,10 +46,11 @@ struct TypeKernels {
   // work, nor on which other rows share the call). Null where vec_dot is.
   void (*gemm)(int64_t n, const void* w, size_t w_stride, int64_t rows, const void* x, size_t x_stride, int64_t nx,
                float* y, int64_t y_stride);
-  // True when gemm is a kernel of its own that reads each weight block once
-  // for several activation rows (integer tiles); false when it is vec_dot in
-  // a loop, which the batched path beats by dequantizing weights for sgemm.
-  bool tiled_gemm;
+  // From this many activation rows on, dequantizing weight panels for sgemm
+  // beats gemm (measured per ISA, see the tables); 0: gemm always wins (the
+  // tiled integer kernels). Below it, results are the same for a row whether
+  // it is multiplied alone or with others.
+  int64_t sgemm_min_rows;
 };
 
 // Float vector primitives used by the forward pass (attention).

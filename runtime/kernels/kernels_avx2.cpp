@@ -251,12 +251,13 @@ const TypeKernels* Avx2Kernels(TensorType type) {
   // row, and sharing them keeps both ISAs' quantized activations identical.
   static const TypeKernels kF32 =
       WithDot<F32Dot>(TensorType::kF32, TensorType::kF32, PortableKernels(TensorType::kF32)->to_float,
-                      PortableKernels(TensorType::kF32)->from_float);
-  static const TypeKernels kF16 = WithDot<F16Dot>(TensorType::kF16, TensorType::kF16, F16ToFloat, F16FromFloat);
+                      PortableKernels(TensorType::kF32)->from_float, kFloatSgemmMinRows);
+  static const TypeKernels kF16 =
+      WithDot<F16Dot>(TensorType::kF16, TensorType::kF16, F16ToFloat, F16FromFloat, kFloatSgemmMinRows);
   static const TypeKernels kBf16 = WithDot<Bf16Dot>(TensorType::kBF16, TensorType::kBF16, Bf16ToFloat,
-                                                    PortableKernels(TensorType::kBF16)->from_float);
-  static const TypeKernels kQ8 =
-      WithDot<Q8Dot>(TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat, PortableKernels(TensorType::kQ8_0)->from_float);
+                                                    PortableKernels(TensorType::kBF16)->from_float, kFloatSgemmMinRows);
+  static const TypeKernels kQ8 = WithDot<Q8Dot>(TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat,
+                                                PortableKernels(TensorType::kQ8_0)->from_float, kAvx2SgemmMinRows);
   switch (type) {
     case TensorType::kF32: return &kF32;
     case TensorType::kF16: return &kF16;

@@ -337,20 +337,23 @@ APPLIANCE_AVX2 float Q6_KDot(int64_t n, const void* w, const void* act) {
 // is cheap next to the matrix-vector product, and sharing the quantizer keeps
 // both ISAs' activations bit-identical.
 const TypeKernels* Avx2QuantKernels(TensorType type) {
-  static const TypeKernels kQ4_0 = WithDot<Q4_0Dot>(TensorType::kQ4_0, TensorType::kQ8_0, Q4_0ToFloat, nullptr);
-  static const TypeKernels kQ4_1 = WithDot<Q4_1Dot>(TensorType::kQ4_1, TensorType::kQ8_0, Q4_1ToFloat, nullptr);
-  static const TypeKernels kQ5_0 = WithDot<Q5_0Dot>(TensorType::kQ5_0, TensorType::kQ8_0, Q5_0ToFloat, nullptr);
-  static const TypeKernels kQ5_1 = WithDot<Q5_1Dot>(TensorType::kQ5_1, TensorType::kQ8_0, Q5_1ToFloat, nullptr);
-  static const TypeKernels kQ4_K =
-      WithDot<QK4Dot<BlockQ4_K>>(TensorType::kQ4_K, TensorType::kQ8_K, QK4ToFloat<BlockQ4_K>, nullptr);
-  static const TypeKernels kQ5_K =
-      WithDot<QK4Dot<BlockQ5_K>>(TensorType::kQ5_K, TensorType::kQ8_K, QK4ToFloat<BlockQ5_K>, nullptr);
-  static const TypeKernels kQ6_K = WithDot<Q6_KDot>(TensorType::kQ6_K, TensorType::kQ8_K, Q6_KToFloat, nullptr);
+  static const TypeKernels kQ4_0 =
+      WithDot<Q4_0Dot>(TensorType::kQ4_0, TensorType::kQ8_0, Q4_0ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ4_1 =
+      WithDot<Q4_1Dot>(TensorType::kQ4_1, TensorType::kQ8_0, Q4_1ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ5_0 =
+      WithDot<Q5_0Dot>(TensorType::kQ5_0, TensorType::kQ8_0, Q5_0ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ5_1 =
+      WithDot<Q5_1Dot>(TensorType::kQ5_1, TensorType::kQ8_0, Q5_1ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ4_K = WithDot<QK4Dot<BlockQ4_K>>(TensorType::kQ4_K, TensorType::kQ8_K,
+                                                              QK4ToFloat<BlockQ4_K>, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ5_K = WithDot<QK4Dot<BlockQ5_K>>(TensorType::kQ5_K, TensorType::kQ8_K,
+                                                              QK4ToFloat<BlockQ5_K>, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ6_K =
+      WithDot<Q6_KDot>(TensorType::kQ6_K, TensorType::kQ8_K, Q6_KToFloat, nullptr, kAvx2SgemmMinRows);
   switch (type) {
-    case TensorType::kQ4_0:
-      return &kQ4_0;
-    case TensorType::kQ4_1:
-      return &kQ4_1;
+    case TensorType::kQ4_0: return &kQ4_0;
+    case TensorType::kQ4_1: return &kQ4_1;
     case TensorType::kQ5_0:
       return &kQ5_0;
     case TensorType::kQ5_1:

@@ -346,7 +346,7 @@ APPLIANCE_AVX512 void Q8_0FromFloat(const float* src, void* dst, int64_t n) {
 
 template <typename K>
 TypeKernels Tiled(TensorType type, TensorType vec_dot_type, void (*from_float)(const float*, void*, int64_t)) {
-  return {type, vec_dot_type, Avx2Kernels(type)->to_float, from_float, VecDot<K>, Gemm<K>, true};
+  return {type, vec_dot_type, Avx2Kernels(type)->to_float, from_float, VecDot<K>, Gemm<K>, 0};
 }
 
 }  // namespace
