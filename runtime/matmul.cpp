@@ -22,9 +22,14 @@ constexpr int64_t kPanelRows = 64;
 // Below this many multiply-adds a job runs on the calling thread: waking the
 // workers costs more than the work (stories260K's matrices are all below it).
 constexpr int64_t kMinParallelWork = 1 << 15;
-// Rows per integer-path task, at least: each task is a contiguous range of
-// weight rows, so it reads its part of the matrix sequentially.
+// Integer-path tasks: contiguous ranges of at least kMinTaskRows weight rows
+// (each read sequentially), kTasksPerThread per thread. One per thread would
+// do on an idle machine; but a thread preempted while it holds a range stalls
+// the whole product, and with 4 ranges per thread the others take over all
+// but the one it holds (on this shared 2-core VM under load, the worker of a
+// 2-thread pool ran as few as 3% of the tasks of 2-task jobs).
 constexpr int64_t kMinTaskRows = 16;
+constexpr int64_t kTasksPerThread = 4;
 
 // Bytes per element of the widest converted activation row (F16/BF16; Q8_0
 // takes 34/32, Q8_K 292/256, F32 is used in place).
@@ -76,10 +81,9 @@ void MatMulEngine::Run(ThreadPool& pool, const Matrix& w, const float* x, int64_
     }
     xv = xq;
   }
-  // Balanced contiguous row ranges, one per thread: one claim per thread and
-  // each thread streams its own part of the matrix. Every output element is
-  // computed by gemm the same way whichever range it falls in.
-  const int64_t tasks = parallel ? std::clamp<int64_t>(w.rows / kMinTaskRows, 1, pool.size()) : 1;
+  // Balanced contiguous row ranges. Every output element is computed by gemm
+  // the same way whichever range (and thread) it falls in.
+  const int64_t tasks = parallel ? std::clamp<int64_t>(w.rows / kMinTaskRows, 1, kTasksPerThread * pool.size()) : 1;
   auto task = [&](int64_t t, int /*thread*/) {
     const int64_t r0 = w.rows * t / tasks;
     const int64_t r1 = w.rows * (t + 1) / tasks;
