@@ -3,13 +3,14 @@
 // over the engine's pool. n is 1 when one sequence decodes, a few when several
 // decode together, hundreds for a prompt.
 //
-// Two routes:
-//  - integer (all n for types with a tiled kernel, small n otherwise): the
-//    activations are converted to the weight type's vec_dot_type once, then
-//    TypeKernels::gemm runs each thread's contiguous range of weight rows
-//    against all n rows, each weight block read once per tile of rows.
-//  - sgemm (n >= 8 for types without a tiled kernel): activations rounded
-//    through the vec_dot_type, weight panels dequantized to F32, OpenBLAS.
+// Two routes, chosen per weight type and ISA by TypeKernels::sgemm_min_rows:
+//  - integer (every n for the AVX-512 tiled types; below sgemm_min_rows for
+//    the others): the activations are converted to the weight type's
+//    vec_dot_type once, then TypeKernels::gemm runs contiguous ranges of
+//    weight rows against all n rows, each weight block read once per tile of
+//    activation rows. A row's result does not depend on the other rows.
+//  - sgemm (from sgemm_min_rows rows on): activations rounded through the
+//    vec_dot_type, weight panels dequantized to F32, OpenBLAS.
 // Owns the scratch it needs (converted activations, per-thread weight
 // panels), sized once by Allocate(); Run() allocates nothing.
 #pragma once
