@@ -35,8 +35,10 @@
 // GCC 12's AVX-512 intrinsics build their "undefined" vectors from a
 // self-initialized variable, which -Wuninitialized reports wherever they are
 // inlined (GCC bug 105593, fixed in GCC 13); there is nothing uninitialized.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 #define APPLIANCE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
 
