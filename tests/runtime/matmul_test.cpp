@@ -26,7 +26,7 @@ TEST_P(MatMulTest, AgreesAcrossThreadsBatchesAndWithDouble) {
   const uint32_t type = GetParam();
   // Odd row count, split unevenly among threads; 512 columns are two Q8_K
   // super-blocks. Large enough that every product goes to the pool.
-  const int64_t rows = 333, cols = 512, max_n = 40;
+  const int64_t rows = 333, cols = 512, max_n = 130;
   testing::TestRng rng(17 + type);
   std::vector<float> wf(static_cast<size_t>(rows * cols));
   for (float& v : wf) v = rng.Symmetric(1.0f);
@@ -52,7 +52,7 @@ TEST_P(MatMulTest, AgreesAcrossThreadsBatchesAndWithDouble) {
     // Each activation row alone (single decode).
     std::vector<float> single(static_cast<size_t>(max_n * rows));
     for (int64_t j = 0; j < max_n; ++j) e3.Run(three, w, x.data() + j * cols, 1, single.data() + j * rows);
-    for (int64_t n : {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 40}) {
+    for (int64_t n : {1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 40, 130}) {
       SCOPED_TRACE(std::string(testing::Format(type).name) + " " + kernels::IsaName(isa) + " n=" + std::to_string(n));
       std::vector<float> y1(static_cast<size_t>(n * rows)), y3(y1.size());
       e1.Run(one, w, x.data(), n, y1.data());
