@@ -12,11 +12,6 @@
 namespace appliance::runtime {
 namespace {
 
-// Rows of a weight matrix per batched-path task: one dequantized panel of
-// 64 rows stays in L2 while OpenBLAS streams the activations past it.
-constexpr int64_t kPanelRows = 64;
-// Rows per decode-path task.
-constexpr int64_t kDecodeRows = 32;
 // Query rows per batched attention task.
 constexpr int64_t kQueryBlock = 64;
 // Below this many multiply-adds a job runs on the calling thread: waking the
@@ -71,10 +66,10 @@ Status Context::Allocate() {
   // Model::Load, so no product below overflows): refuse a combination above
   // kMaxScratchBytes instead of letting a hostile header make us touch
   // gigabytes of zeroed memory.
-  const uint64_t per_token =
-      static_cast<uint64_t>(2 * c.n_embd + c.q_dim() + c.attn_dim() + 2 * c.n_ff + c.n_rot + max_cols);
-  const uint64_t per_thread = static_cast<uint64_t>(kPanelRows * max_cols + kQueryBlock * n_ctx_);
-  const uint64_t scratch = 4 * (per_token * B + static_cast<uint64_t>(pool_.size()) * per_thread);
+  const uint64_t per_token = static_cast<uint64_t>(2 * c.n_embd + c.q_dim() + c.attn_dim() + 2 * c.n_ff + c.n_rot);
+  const uint64_t per_thread = static_cast<uint64_t>(kQueryBlock * n_ctx_);
+  const uint64_t scratch = 4 * (per_token * B + static_cast<uint64_t>(pool_.size()) * per_thread) +
+                           MatMulEngine::ScratchBytes(max_cols, max_batch_, pool_.size());
   if (scratch > kMaxScratchBytes) {
     return Status::Error("inference scratch for batches of " + std::to_string(max_batch_) + " tokens would take " +
                          std::to_string(scratch >> 20) + " MiB (limit " + std::to_string(kMaxScratchBytes >> 20) +
@@ -90,18 +85,13 @@ Status Context::Allocate() {
     gate_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
     up_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
     rope_cache_.assign(B * static_cast<size_t>(c.n_rot), 0.0f);
-    // No vec_dot_type is wider than f32 (q8_K, the widest quantized one, takes 292 bytes per 256).
-    xq_.assign(static_cast<size_t>(max_cols) * sizeof(float), 0);
-    xr_.assign(B * static_cast<size_t>(max_cols), 0.0f);
-    panel_.resize(static_cast<size_t>(pool_.size()));
     scores_.resize(static_cast<size_t>(pool_.size()));
-    for (auto& p : panel_) p.assign(static_cast<size_t>(kPanelRows * max_cols), 0.0f);
     for (auto& s : scores_) s.assign(static_cast<size_t>(kQueryBlock * n_ctx_), 0.0f);
     logits_.assign(static_cast<size_t>(c.n_vocab), 0.0f);
   } catch (const std::bad_alloc&) {
     return Status::Error("out of memory allocating the inference context (" + std::to_string(n_ctx_) + " positions)");
   }
-  return Status::Ok();
+  return matmul_.Allocate(max_cols, max_batch_, pool_.size());
 }
 
 Status Context::Eval(std::span<const int32_t> tokens, bool all_logits) {
@@ -191,67 +181,7 @@ void Context::Rope(float* x, int64_t n, int64_t n_heads) const {
   }
 }
 
-void Context::MatMul(const Matrix& w, const float* x, int64_t n, float* y) {
-  const kernels::TypeKernels& k = *kernels::Find(w.type);
-  const int64_t rows = w.rows;
-  const int64_t cols = w.cols;
-  const bool parallel = rows * cols * n > kMinParallelWork;
-
-  if (n == 1) {
-    // Decode: convert the activation row once, then one dot product per
-    // weight row, rows split in fixed chunks across the pool.
-    const void* xv = x;
-    if (k.vec_dot_type != TensorType::kF32) {
-      kernels::Find(k.vec_dot_type)->from_float(x, xq_.data(), cols);
-      xv = xq_.data();
-    }
-    auto task = [&](int64_t t, int /*thread*/) {
-      const int64_t r1 = std::min(rows, (t + 1) * kDecodeRows);
-      for (int64_t r = t * kDecodeRows; r < r1; ++r) y[r] = k.vec_dot(cols, w.row(r), xv);
-    };
-    const int64_t tasks = (rows + kDecodeRows - 1) / kDecodeRows;
-    if (parallel) {
-      pool_.For(tasks, task);
-    } else {
-      for (int64_t t = 0; t < tasks; ++t) task(t, 0);
-    }
-    return;
-  }
-
-  // Batched: llama.cpp multiplies F16/BF16/Q8_0 weights with activations
-  // converted to that type, so round the activations through it first; the
-  // product itself is then plain F32 GEMM on a dequantized panel.
-  const float* xa = x;
-  if (k.vec_dot_type != TensorType::kF32) {
-    const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
-    for (int64_t i = 0; i < n; ++i) {
-      vk.from_float(x + i * cols, xq_.data(), cols);
-      vk.to_float(xq_.data(), xr_.data() + i * cols, cols);
-    }
-    xa = xr_.data();
-  }
-  auto task = [&](int64_t t, int thread) {
-    const int64_t r0 = t * kPanelRows;
-    const int64_t nr = std::min(kPanelRows, rows - r0);
-    const float* wp = nullptr;
-    if (w.type == TensorType::kF32) {
-      wp = reinterpret_cast<const float*>(w.row(r0));
-    } else {
-      float* panel = panel_[static_cast<size_t>(thread)].data();
-      for (int64_t r = 0; r < nr; ++r) k.to_float(w.row(r0 + r), panel + r * cols, cols);
-      wp = panel;
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(nr),
-                static_cast<int>(cols), 1.0f, xa, static_cast<int>(cols), wp, static_cast<int>(cols), 0.0f, y + r0,
-                static_cast<int>(rows));
-  };
-  const int64_t tasks = (rows + kPanelRows - 1) / kPanelRows;
-  if (parallel) {
-    pool_.For(tasks, task);
-  } else {
-    for (int64_t t = 0; t < tasks; ++t) task(t, 0);
-  }
-}
+void Context::MatMul(const Matrix& w, const float* x, int64_t n, float* y) { matmul_.Run(pool_, w, x, n, y); }
 
 void Context::Attention(int64_t layer, int64_t n, int64_t pos0) {
   const int64_t hk = cfg_.head_dim_k;

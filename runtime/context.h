@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "base/status.h"
+#include "runtime/matmul.h"
 #include "runtime/model.h"
 #include "runtime/thread_pool.h"
 
@@ -69,7 +70,7 @@ class Context {
 
   // One batch of n <= max_batch tokens at positions n_past_... .
   void Forward(const int32_t* tokens, int64_t n, bool all_logits, float* logits);
-  // y[n, W.rows] = x[n, W.cols] * W^T.
+  // y[n, W.rows] = x[n, W.cols] * W^T (MatMulEngine::Run).
   void MatMul(const Matrix& w, const float* x, int64_t n, float* y);
   void Attention(int64_t layer, int64_t n, int64_t pos0);
   // out[r] = RMSNorm(x[r]) * weight for `rows` rows of `dim` floats (in place allowed).
@@ -92,12 +93,9 @@ class Context {
   // x_, xn_ [n_embd], q_ [q_dim], att_ [attn_dim], gate_, up_ [n_ff].
   std::vector<float> x_, xn_, q_, att_, gate_, up_;
   std::vector<float> rope_cache_;  // [max_batch][n_rot]: cos, sin pairs
-  // Activations converted to a weight's vec_dot_type (decode), and rounded
-  // back to float (batched path): sized for the widest row and type.
-  std::vector<uint8_t> xq_;
-  std::vector<float> xr_;
-  // Per thread: a dequantized weight panel and attention scores.
-  std::vector<std::vector<float>> panel_, scores_;
+  MatMulEngine matmul_;
+  // Per thread: attention scores.
+  std::vector<std::vector<float>> scores_;
   std::vector<float> logits_;  // [n_logit_rows][n_vocab]
   int64_t n_logit_rows_ = 0;
 };

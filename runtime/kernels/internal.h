@@ -119,19 +119,28 @@ inline uint32_t LoadU32(const uint8_t* p) {
 // get_scale_min_k4): sub-blocks 0-3 keep theirs in the low 6 bits of bytes
 // 0-3 (scales) and 4-7 (mins); sub-blocks 4-7 have their low 4 bits in the
 // nibbles of bytes 8-11 and their high 2 bits in the top bits of bytes 0-7.
-// Unpacked four bytes at a time with 32-bit masks (bytes stay in their lanes).
+// Unpacked four bytes at a time with 32-bit masks (bytes stay in their lanes)
+// into two words, byte s of each being sub-block s's value: the SIMD kernels
+// move them straight into a vector register (through memory, two 4-byte
+// stores read back as 8 bytes would stall store forwarding).
 static_assert(std::endian::native == std::endian::little, "block fields are read as little-endian words");
-inline void UnpackScalesMinsK4(const uint8_t* q, uint8_t sc[8], uint8_t m[8]) {
+struct ScalesMinsK4 {
+  uint64_t scales;
+  uint64_t mins;
+};
+inline ScalesMinsK4 UnpackScalesMinsK4(const uint8_t* q) {
   uint32_t u[3];
   std::memcpy(u, q, 12);
   const uint32_t sc_lo = u[0] & 0x3f3f3f3fu;
   const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
   const uint32_t m_lo = u[1] & 0x3f3f3f3fu;
   const uint32_t m_hi = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
-  std::memcpy(sc, &sc_lo, 4);
-  std::memcpy(sc + 4, &sc_hi, 4);
-  std::memcpy(m, &m_lo, 4);
-  std::memcpy(m + 4, &m_hi, 4);
+  return {sc_lo | static_cast<uint64_t>(sc_hi) << 32, m_lo | static_cast<uint64_t>(m_hi) << 32};
+}
+inline void UnpackScalesMinsK4(const uint8_t* q, uint8_t sc[8], uint8_t m[8]) {
+  const ScalesMinsK4 u = UnpackScalesMinsK4(q);
+  std::memcpy(sc, &u.scales, 8);
+  std::memcpy(m, &u.mins, 8);
 }
 
 // round-half-even(v) (the FPU's default rounding, as ggml's x86 quantizers
@@ -158,6 +167,38 @@ inline float HalfToFloat(uint16_t h) { return kHalfTable.value[h]; }
 inline float HalfAt(const uint8_t* p) { return kHalfTable.value[LoadU16(p)]; }
 inline float BfloatToFloat(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
 
+// TypeKernels::gemm for a type without a tile kernel: vec_dot per output,
+// weight row by weight row, so each row is fetched from memory once and read
+// from L1 for the other activation rows.
+template <float (*kDot)(int64_t, const void*, const void*)>
+void GemmByDot(int64_t n, const void* w, size_t w_stride, int64_t rows, const void* x, size_t x_stride, int64_t nx,
+               float* y, int64_t y_stride) {
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  const uint8_t* xb = static_cast<const uint8_t*>(x);
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < nx; ++j) {
+      y[j * y_stride + i] = kDot(n, wb + static_cast<size_t>(i) * w_stride, xb + static_cast<size_t>(j) * x_stride);
+    }
+  }
+}
+
+// Batch sizes from which sgemm on dequantized panels beats GemmByDot (CPU
+// time per multiply-add, Q4_K/Q6_K rows of 768 and 2048 on a Sapphire Rapids
+// core): the portable dot products run at ~0.3 GMAC/s, far below sgemm even
+// for 2 rows; AVX2's quantized ones at ~31 GMAC/s, sgemm at ~29 for 8 rows,
+// ~35 from 16 on. The float types need no dequantization beyond a widening
+// and stay on sgemm from 2 rows, as before the integer route existed.
+constexpr int64_t kPortableSgemmMinRows = 2;
+constexpr int64_t kAvx2SgemmMinRows = 16;
+constexpr int64_t kFloatSgemmMinRows = 2;
+
+// The table of a weight type whose gemm is kDot in a loop.
+template <float (*kDot)(int64_t, const void*, const void*)>
+constexpr TypeKernels WithDot(TensorType type, TensorType vec_dot_type, void (*to_float)(const void*, float*, int64_t),
+                              void (*from_float)(const float*, void*, int64_t), int64_t sgemm_min_rows) {
+  return {type, vec_dot_type, to_float, from_float, kDot, GemmByDot<kDot>, sgemm_min_rows};
+}
+
 // Returns the portable table for `type` or nullptr.
 const TypeKernels* PortableKernels(TensorType type);
 const VecKernels* PortableVec();
@@ -168,5 +209,9 @@ const TypeKernels* PortableQuantKernels(TensorType type);
 const TypeKernels* Avx2Kernels(TensorType type);
 const VecKernels* Avx2Vec();
 const TypeKernels* Avx2QuantKernels(TensorType type);
+
+// Returns the AVX-512 table for `type` or nullptr (the caller falls back to
+// AVX2's); only call when the CPU has it.
+const TypeKernels* Avx512Kernels(TensorType type);
 
 }  // namespace appliance::runtime::kernels::internal

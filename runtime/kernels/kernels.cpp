@@ -11,6 +11,12 @@
 namespace appliance::runtime::kernels {
 namespace {
 
+unsigned Xcr0() {
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return lo;
+}
+
 bool CpuHasAvx2Fma16c() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (__get_cpuid(1, &a, &b, &c, &d) == 0) return false;
@@ -20,14 +26,27 @@ bool CpuHasAvx2Fma16c() {
   const bool f16c = (c & (1u << 29)) != 0;
   if (!fma || !osxsave || !avx || !f16c) return false;
   // The OS must save XMM and YMM state across context switches (XCR0 bits 1, 2).
-  unsigned xcr0_lo = 0, xcr0_hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-  if ((xcr0_lo & 0x6u) != 0x6u) return false;
+  if ((Xcr0() & 0x6u) != 0x6u) return false;
   if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
   return (b & (1u << 5)) != 0;  // AVX2
 }
 
-Isa Detect() { return CpuHasAvx2Fma16c() ? Isa::kAvx2 : Isa::kPortable; }
+// On top of AVX2: AVX-512 F, DQ, BW, VL (leaf 7 EBX bits 16, 17, 30, 31) and
+// VNNI (ECX bit 11), and the OS saving the opmask and all 32 ZMM registers
+// (XCR0 bits 5, 6, 7) besides XMM and YMM.
+bool CpuHasAvx512Vnni() {
+  if (!CpuHasAvx2Fma16c()) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
+  const unsigned ebx_bits = (1u << 16) | (1u << 17) | (1u << 30) | (1u << 31);
+  if ((b & ebx_bits) != ebx_bits || (c & (1u << 11)) == 0) return false;
+  return (Xcr0() & 0xe6u) == 0xe6u;
+}
+
+Isa Detect() {
+  if (CpuHasAvx512Vnni()) return Isa::kAvx512;
+  return CpuHasAvx2Fma16c() ? Isa::kAvx2 : Isa::kPortable;
+}
 
 }  // namespace
 
@@ -36,15 +55,23 @@ Isa ActiveIsa() {
   return isa;
 }
 
-const char* IsaName(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "portable"; }
+bool IsaAvailable(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(ActiveIsa()); }
+
+const char* IsaName(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kPortable: break;
+  }
+  return "portable";
+}
 
 const TypeKernels* FindFor(TensorType type, Isa isa) {
-  if (isa == Isa::kAvx2) {
-    if (ActiveIsa() != Isa::kAvx2) return nullptr;
-    const TypeKernels* k = internal::Avx2Kernels(type);
-    return k != nullptr ? k : internal::PortableKernels(type);
-  }
-  return internal::PortableKernels(type);
+  if (!IsaAvailable(isa)) return nullptr;
+  const TypeKernels* k = nullptr;
+  if (isa == Isa::kAvx512) k = internal::Avx512Kernels(type);
+  if (k == nullptr && isa != Isa::kPortable) k = internal::Avx2Kernels(type);
+  return k != nullptr ? k : internal::PortableKernels(type);
 }
 
 namespace {
@@ -52,7 +79,7 @@ std::atomic<int> g_isa_override{-1};
 }  // namespace
 
 void OverrideIsaForTesting(std::optional<Isa> isa) {
-  if (isa && *isa == Isa::kAvx2 && ActiveIsa() != Isa::kAvx2) isa = Isa::kPortable;
+  if (isa && !IsaAvailable(*isa)) isa = Isa::kPortable;
   g_isa_override.store(isa ? static_cast<int>(*isa) : -1, std::memory_order_relaxed);
 }
 
@@ -82,9 +109,11 @@ std::string SupportedWeightTypes() {
   return out;
 }
 
+// The float vector primitives have no AVX-512 versions: attention is a small
+// part of the time, and the AVX2 ones serve the AVX-512 tier.
 const VecKernels* VecFor(Isa isa) {
-  if (isa == Isa::kAvx2) return ActiveIsa() == Isa::kAvx2 ? internal::Avx2Vec() : nullptr;
-  return internal::PortableVec();
+  if (!IsaAvailable(isa)) return nullptr;
+  return isa == Isa::kPortable ? internal::PortableVec() : internal::Avx2Vec();
 }
 
 const VecKernels& Vec() { return *VecFor(CurrentIsa()); }

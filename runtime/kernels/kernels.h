@@ -7,8 +7,10 @@
 // here is what makes our logits match llama.cpp's, and it is the shape the
 // quantized SIMD kernels need (integer dot products on quantized blocks).
 //
-// Implementations: a portable C++ path and an x86 AVX2+FMA+F16C path chosen at
-// run time by CPUID. Adding a type or an ISA means filling one more table.
+// Implementations: a portable C++ path, an x86 AVX2+FMA+F16C path and an
+// AVX-512 (F, BW, VL, DQ, VNNI) path, chosen at run time by CPUID. An ISA
+// table without an entry for a type falls back to the next lower tier's.
+// Adding a type or an ISA means filling one more table.
 #pragma once
 
 #include <cstddef>
@@ -37,6 +39,18 @@ struct TypeKernels {
   // Returns sum_i w[i] * x[i] for w a row of `type` and x a row of
   // `vec_dot_type`; null for the activation-only types.
   float (*vec_dot)(int64_t n, const void* w, const void* x);
+  // The same dot products for a tile of weight rows against activation rows:
+  //   y[j * y_stride + i] = vec_dot(n, w + i * w_stride, x + j * x_stride)
+  // for i < rows, j < nx, each result bit-identical to vec_dot's whatever the
+  // tile's shape (so a product does not depend on how the caller splits its
+  // work, nor on which other rows share the call). Null where vec_dot is.
+  void (*gemm)(int64_t n, const void* w, size_t w_stride, int64_t rows, const void* x, size_t x_stride, int64_t nx,
+               float* y, int64_t y_stride);
+  // From this many activation rows on, dequantizing weight panels for sgemm
+  // beats gemm (measured per ISA, see the tables); 0: gemm always wins (the
+  // tiled integer kernels). Below it, results are the same for a row whether
+  // it is multiplied alone or with others.
+  int64_t sgemm_min_rows;
 };
 
 // Float vector primitives used by the forward pass (attention).
@@ -53,15 +67,20 @@ struct VecKernels {
   void (*softmax_f32)(int64_t n, float* x, float scale);
 };
 
-enum class Isa { kPortable, kAvx2 };
+// Tiers in increasing order; a CPU that has a tier has every lower one.
+enum class Isa { kPortable, kAvx2, kAvx512 };
 
-// The ISA the dispatcher picked for this CPU (kAvx2 when AVX2, FMA and F16C
-// are present and the OS saves YMM state).
+// The ISA the dispatcher picked for this CPU: kAvx512 when AVX-512 F, BW, VL,
+// DQ and VNNI are present (with AVX2) and the OS saves ZMM state, else kAvx2
+// when AVX2, FMA and F16C are present and the OS saves YMM state.
 Isa ActiveIsa();
+// Whether this CPU can run `isa`'s kernels.
+bool IsaAvailable(Isa isa);
 const char* IsaName(Isa isa);
 
-// Tests run the whole engine on the portable kernels through this; nullopt
-// restores the CPU's choice. Not for use while a forward pass runs.
+// Tests run the whole engine on a lower tier's kernels through this (an ISA
+// the CPU lacks means portable); nullopt restores the CPU's choice. Not for
+// use while a forward pass runs.
 void OverrideIsaForTesting(std::optional<Isa> isa);
 // The ISA Find() and Vec() use: the override, else ActiveIsa().
 Isa CurrentIsa();

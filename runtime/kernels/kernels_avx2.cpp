@@ -249,13 +249,15 @@ APPLIANCE_AVX2 void Softmax(int64_t n, float* x, float scale) {
 const TypeKernels* Avx2Kernels(TensorType type) {
   // from_float of BF16 and Q8_0 stay portable: they run once per activation
   // row, and sharing them keeps both ISAs' quantized activations identical.
-  static const TypeKernels kF32 = {TensorType::kF32, TensorType::kF32, PortableKernels(TensorType::kF32)->to_float,
-                                   PortableKernels(TensorType::kF32)->from_float, F32Dot};
-  static const TypeKernels kF16 = {TensorType::kF16, TensorType::kF16, F16ToFloat, F16FromFloat, F16Dot};
-  static const TypeKernels kBf16 = {TensorType::kBF16, TensorType::kBF16, Bf16ToFloat,
-                                    PortableKernels(TensorType::kBF16)->from_float, Bf16Dot};
-  static const TypeKernels kQ8 = {TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat,
-                                  PortableKernels(TensorType::kQ8_0)->from_float, Q8Dot};
+  static const TypeKernels kF32 =
+      WithDot<F32Dot>(TensorType::kF32, TensorType::kF32, PortableKernels(TensorType::kF32)->to_float,
+                      PortableKernels(TensorType::kF32)->from_float, kFloatSgemmMinRows);
+  static const TypeKernels kF16 =
+      WithDot<F16Dot>(TensorType::kF16, TensorType::kF16, F16ToFloat, F16FromFloat, kFloatSgemmMinRows);
+  static const TypeKernels kBf16 = WithDot<Bf16Dot>(TensorType::kBF16, TensorType::kBF16, Bf16ToFloat,
+                                                    PortableKernels(TensorType::kBF16)->from_float, kFloatSgemmMinRows);
+  static const TypeKernels kQ8 = WithDot<Q8Dot>(TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat,
+                                                PortableKernels(TensorType::kQ8_0)->from_float, kAvx2SgemmMinRows);
   switch (type) {
     case TensorType::kF32: return &kF32;
     case TensorType::kF16: return &kF16;

@@ -222,17 +222,17 @@ APPLIANCE_AVX2 float QK4Dot(int64_t n, const void* w, const void* act) {
   constexpr bool kFiveBit = std::is_same_v<Block, BlockQ5_K>;
   const Block* x = static_cast<const Block*>(w);
   const BlockQ8_K* y = static_cast<const BlockQ8_K*>(act);
-  uint8_t sc[8], m[8];
+  uint8_t sc[8];
   __m256 acc = _mm256_setzero_ps();
   __m128 acc_m = _mm_setzero_ps();
   for (int64_t b = 0; b < n / kQKK; ++b) {
-    UnpackScalesMinsK4(x[b].scales, sc, m);
+    const ScalesMinsK4 u = UnpackScalesMinsK4(x[b].scales);
+    std::memcpy(sc, &u.scales, 8);
     // Mins: sum_s m[s] * (bsums[2s] + bsums[2s+1]), as 4 int32 lanes.
-    uint64_t m8;
-    std::memcpy(&m8, m, 8);
     const __m256i bsums = Load32(y[b].bsums);
     const __m128i pair_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bsums), _mm256_extracti128_si256(bsums, 1));
-    const __m128i mins = _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(m8))), pair_sums);
+    const __m128i mins =
+        _mm_madd_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(u.mins))), pair_sums);
     acc_m = _mm_fmadd_ps(_mm_set1_ps(HalfAt(x[b].dmin) * y[b].d), _mm_cvtepi32_ps(mins), acc_m);
     __m256i hbits = _mm256_setzero_si256();
     if constexpr (kFiveBit) hbits = Load32(x[b].qh);
@@ -337,20 +337,23 @@ APPLIANCE_AVX2 float Q6_KDot(int64_t n, const void* w, const void* act) {
 // is cheap next to the matrix-vector product, and sharing the quantizer keeps
 // both ISAs' activations bit-identical.
 const TypeKernels* Avx2QuantKernels(TensorType type) {
-  static const TypeKernels kQ4_0 = {TensorType::kQ4_0, TensorType::kQ8_0, Q4_0ToFloat, nullptr, Q4_0Dot};
-  static const TypeKernels kQ4_1 = {TensorType::kQ4_1, TensorType::kQ8_0, Q4_1ToFloat, nullptr, Q4_1Dot};
-  static const TypeKernels kQ5_0 = {TensorType::kQ5_0, TensorType::kQ8_0, Q5_0ToFloat, nullptr, Q5_0Dot};
-  static const TypeKernels kQ5_1 = {TensorType::kQ5_1, TensorType::kQ8_0, Q5_1ToFloat, nullptr, Q5_1Dot};
-  static const TypeKernels kQ4_K = {TensorType::kQ4_K, TensorType::kQ8_K, QK4ToFloat<BlockQ4_K>, nullptr,
-                                    QK4Dot<BlockQ4_K>};
-  static const TypeKernels kQ5_K = {TensorType::kQ5_K, TensorType::kQ8_K, QK4ToFloat<BlockQ5_K>, nullptr,
-                                    QK4Dot<BlockQ5_K>};
-  static const TypeKernels kQ6_K = {TensorType::kQ6_K, TensorType::kQ8_K, Q6_KToFloat, nullptr, Q6_KDot};
+  static const TypeKernels kQ4_0 =
+      WithDot<Q4_0Dot>(TensorType::kQ4_0, TensorType::kQ8_0, Q4_0ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ4_1 =
+      WithDot<Q4_1Dot>(TensorType::kQ4_1, TensorType::kQ8_0, Q4_1ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ5_0 =
+      WithDot<Q5_0Dot>(TensorType::kQ5_0, TensorType::kQ8_0, Q5_0ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ5_1 =
+      WithDot<Q5_1Dot>(TensorType::kQ5_1, TensorType::kQ8_0, Q5_1ToFloat, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ4_K = WithDot<QK4Dot<BlockQ4_K>>(TensorType::kQ4_K, TensorType::kQ8_K,
+                                                              QK4ToFloat<BlockQ4_K>, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ5_K = WithDot<QK4Dot<BlockQ5_K>>(TensorType::kQ5_K, TensorType::kQ8_K,
+                                                              QK4ToFloat<BlockQ5_K>, nullptr, kAvx2SgemmMinRows);
+  static const TypeKernels kQ6_K =
+      WithDot<Q6_KDot>(TensorType::kQ6_K, TensorType::kQ8_K, Q6_KToFloat, nullptr, kAvx2SgemmMinRows);
   switch (type) {
-    case TensorType::kQ4_0:
-      return &kQ4_0;
-    case TensorType::kQ4_1:
-      return &kQ4_1;
+    case TensorType::kQ4_0: return &kQ4_0;
+    case TensorType::kQ4_1: return &kQ4_1;
     case TensorType::kQ5_0:
       return &kQ5_0;
     case TensorType::kQ5_1:

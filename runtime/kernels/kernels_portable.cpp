@@ -109,10 +109,14 @@ float Q8Dot(int64_t n, const void* w, const void* x) {
   return sum;
 }
 
-const TypeKernels kF32 = {TensorType::kF32, TensorType::kF32, F32ToFloat, F32FromFloat, F32Dot};
-const TypeKernels kF16 = {TensorType::kF16, TensorType::kF16, F16ToFloat, F16FromFloat, F16Dot};
-const TypeKernels kBf16 = {TensorType::kBF16, TensorType::kBF16, Bf16ToFloat, Bf16FromFloat, Bf16Dot};
-const TypeKernels kQ8 = {TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat, Q8FromFloat, Q8Dot};
+const TypeKernels kF32 =
+    WithDot<F32Dot>(TensorType::kF32, TensorType::kF32, F32ToFloat, F32FromFloat, kPortableSgemmMinRows);
+const TypeKernels kF16 =
+    WithDot<F16Dot>(TensorType::kF16, TensorType::kF16, F16ToFloat, F16FromFloat, kPortableSgemmMinRows);
+const TypeKernels kBf16 =
+    WithDot<Bf16Dot>(TensorType::kBF16, TensorType::kBF16, Bf16ToFloat, Bf16FromFloat, kPortableSgemmMinRows);
+const TypeKernels kQ8 =
+    WithDot<Q8Dot>(TensorType::kQ8_0, TensorType::kQ8_0, Q8ToFloat, Q8FromFloat, kPortableSgemmMinRows);
 
 float VecDot(int64_t n, const float* a, const float* b) { return F32Dot(n, a, b); }
 

@@ -302,14 +302,21 @@ float Q6_KDot(int64_t n, const void* w, const void* act) {
   return sum;
 }
 
-const TypeKernels kQ8_K = {TensorType::kQ8_K, TensorType::kQ8_K, Q8_KToFloat, Q8_KFromFloat, nullptr};
-const TypeKernels kQ4_0 = {TensorType::kQ4_0, TensorType::kQ8_0, Q4_0ToFloat, nullptr, Q4_0Dot};
-const TypeKernels kQ4_1 = {TensorType::kQ4_1, TensorType::kQ8_0, Q4_1ToFloat, nullptr, Q4_1Dot};
-const TypeKernels kQ5_0 = {TensorType::kQ5_0, TensorType::kQ8_0, Q5_0ToFloat, nullptr, Q5_0Dot};
-const TypeKernels kQ5_1 = {TensorType::kQ5_1, TensorType::kQ8_0, Q5_1ToFloat, nullptr, Q5_1Dot};
-const TypeKernels kQ4_K = {TensorType::kQ4_K, TensorType::kQ8_K, QK4ToFloat<BlockQ4_K>, nullptr, QK4Dot<BlockQ4_K>};
-const TypeKernels kQ5_K = {TensorType::kQ5_K, TensorType::kQ8_K, QK4ToFloat<BlockQ5_K>, nullptr, QK4Dot<BlockQ5_K>};
-const TypeKernels kQ6_K = {TensorType::kQ6_K, TensorType::kQ8_K, Q6_KToFloat, nullptr, Q6_KDot};
+const TypeKernels kQ8_K = {TensorType::kQ8_K, TensorType::kQ8_K, Q8_KToFloat, Q8_KFromFloat, nullptr, nullptr, 0};
+const TypeKernels kQ4_0 =
+    WithDot<Q4_0Dot>(TensorType::kQ4_0, TensorType::kQ8_0, Q4_0ToFloat, nullptr, kPortableSgemmMinRows);
+const TypeKernels kQ4_1 =
+    WithDot<Q4_1Dot>(TensorType::kQ4_1, TensorType::kQ8_0, Q4_1ToFloat, nullptr, kPortableSgemmMinRows);
+const TypeKernels kQ5_0 =
+    WithDot<Q5_0Dot>(TensorType::kQ5_0, TensorType::kQ8_0, Q5_0ToFloat, nullptr, kPortableSgemmMinRows);
+const TypeKernels kQ5_1 =
+    WithDot<Q5_1Dot>(TensorType::kQ5_1, TensorType::kQ8_0, Q5_1ToFloat, nullptr, kPortableSgemmMinRows);
+const TypeKernels kQ4_K = WithDot<QK4Dot<BlockQ4_K>>(TensorType::kQ4_K, TensorType::kQ8_K, QK4ToFloat<BlockQ4_K>,
+                                                     nullptr, kPortableSgemmMinRows);
+const TypeKernels kQ5_K = WithDot<QK4Dot<BlockQ5_K>>(TensorType::kQ5_K, TensorType::kQ8_K, QK4ToFloat<BlockQ5_K>,
+                                                     nullptr, kPortableSgemmMinRows);
+const TypeKernels kQ6_K =
+    WithDot<Q6_KDot>(TensorType::kQ6_K, TensorType::kQ8_K, Q6_KToFloat, nullptr, kPortableSgemmMinRows);
 
 }  // namespace
 

@@ -214,9 +214,8 @@ TEST_P(ArchTest, MatchesNaiveReference) {
   const std::vector<std::vector<double>> rounded =
       testing::NaiveForward(m, tokens, testing::Activations::kAsVecDotType);
 
-  std::vector<kernels::Isa> isas = {kernels::Isa::kPortable};
-  if (kernels::ActiveIsa() == kernels::Isa::kAvx2) isas.push_back(kernels::Isa::kAvx2);
-  for (kernels::Isa isa : isas) {
+  for (kernels::Isa isa : {kernels::Isa::kPortable, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+    if (!kernels::IsaAvailable(isa)) continue;
     kernels::OverrideIsaForTesting(isa);
     ContextOptions o;
     o.n_threads = 2;

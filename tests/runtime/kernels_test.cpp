@@ -104,7 +104,7 @@ TEST_P(KernelsTest, IsaPathsAgreeWithPortable) {
       }
       EXPECT_NEAR(dot_ref, exact, step * mag + 1e-4 * mag);
     }
-    for (Isa isa : {Isa::kAvx2}) {
+    for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
       const kernels::TypeKernels* k = kernels::FindFor(type, isa);
       if (k == nullptr) continue;  // CPU without this ISA
       SCOPED_TRACE(std::string(kernels::IsaName(isa)) + " n=" + std::to_string(n));
@@ -163,7 +163,7 @@ TEST(Kernels, SoftmaxMatchesReference) {
   for (int64_t n : {1, 7, 8, 9, 100}) {
     std::vector<float> x = RandomFloats(static_cast<size_t>(n), static_cast<uint64_t>(n), 30.0f);
     if (n > 2) x[1] = -1e4f;  // exp underflows to 0
-    for (Isa isa : {Isa::kPortable, Isa::kAvx2}) {
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
       const kernels::VecKernels* impl = kernels::VecFor(isa);
       if (impl == nullptr) continue;
       SCOPED_TRACE(std::string(kernels::IsaName(isa)) + " n=" + std::to_string(n));
@@ -186,7 +186,7 @@ TEST(Kernels, SoftmaxMatchesReference) {
 // OpenBLAS must not run its SSE3 fallback on a CPU with AVX2 (runtime/blas.h).
 TEST(Blas, UsesVectorKernelsWhereTheCpuHasThem) {
   ConfigureBlas();
-  if (kernels::ActiveIsa() != Isa::kAvx2 || std::getenv("OPENBLAS_CORETYPE") != nullptr) {
+  if (!kernels::IsaAvailable(Isa::kAvx2) || std::getenv("OPENBLAS_CORETYPE") != nullptr) {
     GTEST_SKIP() << "no AVX2, or the core type was forced";
   }
   const std::string core = BlasCoreName();

@@ -2,9 +2,10 @@
 // format definition (tests/runtime/quant_ref.h, which shares no code with the
 // engine): hand-built blocks with known scales and quants, random blocks of
 // every bit pattern, the activation quantizers, and the integer dot products.
-// Every check runs on the portable kernels and, where the CPU has it, AVX2.
+// Every check runs on the portable kernels and on every ISA tier the CPU has.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -20,8 +21,10 @@ using kernels::Isa;
 using namespace testing;  // NOLINT: the quant_ref helpers
 
 std::vector<Isa> Isas() {
-  std::vector<Isa> out = {Isa::kPortable};
-  if (kernels::ActiveIsa() == Isa::kAvx2) out.push_back(Isa::kAvx2);
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (kernels::IsaAvailable(isa)) out.push_back(isa);
+  }
   return out;
 }
 
@@ -322,9 +325,19 @@ TEST(QuantActivations, NonFiniteInputsStayDefined) {
   x[3] = NAN;
   x[40] = INFINITY;
   x[41] = -INFINITY;
+  std::vector<float> all_nan(256, NAN), inf(256, 0.5f);
+  inf[17] = -INFINITY;
   for (TensorType type : {TensorType::kQ8_0, TensorType::kQ8_K}) {
-    std::vector<uint8_t> bytes(kernels::RowBytes(type, 256));
-    kernels::Find(type)->from_float(x.data(), bytes.data(), 256);
+    for (const std::vector<float>* in : {&x, &all_nan, &inf}) {
+      // Every ISA's quantizer produces the portable bytes.
+      std::vector<uint8_t> want(kernels::RowBytes(type, 256));
+      kernels::FindFor(type, Isa::kPortable)->from_float(in->data(), want.data(), 256);
+      for (Isa isa : Isas()) {
+        std::vector<uint8_t> bytes(want.size());
+        kernels::FindFor(type, isa)->from_float(in->data(), bytes.data(), 256);
+        EXPECT_EQ(bytes, want) << TensorTypeName(type) << " on " << kernels::IsaName(isa);
+      }
+    }
   }
 }
 
@@ -390,6 +403,49 @@ TEST_P(QuantTypes, UnalignedRowsWork) {
       k->to_float(buf.data() + offset, got.data(), n);
       EXPECT_EQ(got, want) << Format(type).name << " offset " << offset;
       EXPECT_EQ(k->vec_dot(n, buf.data() + offset, xq.data()), dot) << Format(type).name << " offset " << offset;
+    }
+  }
+}
+
+// gemm against vec_dot on every ISA, bit for bit (NaN results too): odd
+// weight row counts, activation row counts 1..16 (every tile width and
+// remainder) and 37 (several full tiles), an output stride wider than the
+// tile. This is what
+// makes results independent of how MatMulEngine splits rows among threads
+// and of which other sequences share a batch.
+TEST_P(QuantTypes, GemmMatchesVecDotBitForBit) {
+  const uint32_t type = GetParam();
+  const int64_t n = 512, max_rows = 33, max_x = 37;
+  TestRng rng(300 + type);
+  std::vector<uint8_t> w = RandomBlocks(type, n * max_rows, rng);
+  const size_t w_stride = w.size() / max_rows;
+  // The last rows are random bytes throughout, scales included (NaN and
+  // infinite ones: a hostile file's), which must stay defined behaviour.
+  for (size_t i = w_stride * 30; i < w.size(); ++i) w[i] = static_cast<uint8_t>(rng.Next());
+  std::vector<float> x(static_cast<size_t>(n * max_x));
+  for (float& v : x) v = rng.Symmetric(1.0f);
+  for (Isa isa : Isas()) {
+    const kernels::TypeKernels* k = kernels::FindFor(T(type), isa);
+    const size_t x_stride = kernels::RowBytes(k->vec_dot_type, n);
+    std::vector<uint8_t> xq(x_stride * max_x);
+    for (int64_t j = 0; j < max_x; ++j) {
+      kernels::FindFor(k->vec_dot_type, isa)->from_float(x.data() + j * n, xq.data() + j * x_stride, n);
+    }
+    for (int64_t rows : {1, 3, 7, 33}) {
+      for (int64_t nx = 1; nx <= max_x; nx = nx < 16 ? nx + 1 : max_x + 1) {
+        SCOPED_TRACE(std::string(Format(type).name) + " " + kernels::IsaName(isa) + " rows=" + std::to_string(rows) +
+                     " nx=" + std::to_string(nx));
+        const int64_t y_stride = rows + 3;
+        std::vector<float> y(static_cast<size_t>(nx * y_stride), -1.0f);
+        k->gemm(n, w.data(), w_stride, rows, xq.data(), x_stride, nx, y.data(), y_stride);
+        for (int64_t j = 0; j < nx; ++j) {
+          for (int64_t i = 0; i < rows; ++i) {
+            const float want = k->vec_dot(n, w.data() + i * w_stride, xq.data() + j * x_stride);
+            ASSERT_EQ(std::bit_cast<uint32_t>(y[static_cast<size_t>(j * y_stride + i)]), std::bit_cast<uint32_t>(want))
+                << "row " << i << " activation " << j;
+          }
+        }
+      }
     }
   }
 }

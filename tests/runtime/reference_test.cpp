@@ -105,9 +105,7 @@ std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
 class ReferenceTest : public ::testing::TestWithParam<Case> {
  protected:
   void SetUp() override {
-    if (GetParam().isa == kernels::Isa::kAvx2 && kernels::ActiveIsa() != kernels::Isa::kAvx2) {
-      GTEST_SKIP() << "CPU has no AVX2";
-    }
+    if (!kernels::IsaAvailable(GetParam().isa)) GTEST_SKIP() << "CPU has no " << kernels::IsaName(GetParam().isa);
     kernels::OverrideIsaForTesting(GetParam().isa);
     auto m = Model::LoadPath(testing::ModelPath(std::string(GetParam().model) + ".gguf"));
     ASSERT_TRUE(m.ok()) << m.status().message();
@@ -265,22 +263,31 @@ TEST(Bench, D768LoadsAndGenerates) {
 INSTANTIATE_TEST_SUITE_P(
     Models, ReferenceTest,
     ::testing::Values(Case{"stories260K", kernels::Isa::kAvx2, 1.0, 5e-3},
+                      Case{"stories260K", kernels::Isa::kAvx512, 1.0, 5e-3},
                       Case{"stories260K", kernels::Isa::kPortable, 1.0, 5e-3},
                       Case{"synth-d256-f32", kernels::Isa::kAvx2, 0.98, 5e-3},
+                      Case{"synth-d256-f32", kernels::Isa::kAvx512, 0.98, 5e-3},
                       Case{"synth-d256-f32", kernels::Isa::kPortable, 0.98, 5e-3},
                       Case{"synth-d256-f16", kernels::Isa::kAvx2, 0.98, 5e-3},
+                      Case{"synth-d256-f16", kernels::Isa::kAvx512, 0.98, 5e-3},
                       Case{"synth-d256-f16", kernels::Isa::kPortable, 0.98, 5e-3},
                       Case{"synth-d256-bf16", kernels::Isa::kAvx2, 0.98, 5e-3},
+                      Case{"synth-d256-bf16", kernels::Isa::kAvx512, 0.98, 5e-3},
                       Case{"synth-d256-bf16", kernels::Isa::kPortable, 0.98, 5e-3},
                       Case{"synth-d256-q8_0", kernels::Isa::kAvx2, 0.98, 1e-2},
+                      Case{"synth-d256-q8_0", kernels::Isa::kAvx512, 0.98, 1e-2},
                       Case{"synth-d256-q8_0", kernels::Isa::kPortable, 0.98, 1e-2},
                       Case{"synth-d256-q4_0", kernels::Isa::kAvx2, 0.94, 2e-2},
+                      Case{"synth-d256-q4_0", kernels::Isa::kAvx512, 0.94, 2e-2},
                       Case{"synth-d256-q4_0", kernels::Isa::kPortable, 0.94, 2e-2},
                       Case{"synth-d256-q4_k_m", kernels::Isa::kAvx2, 0.94, 2e-2},
+                      Case{"synth-d256-q4_k_m", kernels::Isa::kAvx512, 0.94, 2e-2},
                       Case{"synth-d256-q4_k_m", kernels::Isa::kPortable, 0.94, 2e-2},
                       Case{"synth-d256-q5_k_m", kernels::Isa::kAvx2, 0.94, 2e-2},
+                      Case{"synth-d256-q5_k_m", kernels::Isa::kAvx512, 0.94, 2e-2},
                       Case{"synth-d256-q5_k_m", kernels::Isa::kPortable, 0.94, 2e-2},
                       Case{"synth-d256-q6_k", kernels::Isa::kAvx2, 0.94, 2e-2},
+                      Case{"synth-d256-q6_k", kernels::Isa::kAvx512, 0.94, 2e-2},
                       Case{"synth-d256-q6_k", kernels::Isa::kPortable, 0.94, 2e-2}),
     CaseName);
 

@@ -1,0 +1,382 @@
+// AVX-512 kernels (F, BW, VL, DQ and VNNI, as on Ice Lake and Sapphire
+// Rapids Xeons): the quantized dot products of Q4_0, Q8_0, Q4_K, Q5_K and
+// Q6_K as register tiles of one weight row against up to kMaxTileX activation
+// rows, and the two activation quantizers. As in kernels_avx2.cpp every
+// function carries its own target attribute and the dispatcher hands them out
+// only after CPUID said yes; the other types use the AVX2 table.
+//
+// Tiles: a weight block is unpacked once (nibbles, high bits, scales) and then
+// multiplied with the matching block of every activation row of the tile, so
+// concurrent decodes (several rows) and prefill (many) read and unpack each
+// weight block once per tile instead of once per row. Every activation row has
+// its own accumulators and sees the same sequence of operations whatever the
+// tile's width, so vec_dot (a 1-row tile) and gemm give bit-identical results.
+//
+// Integer arithmetic: maddubs multiplies unsigned weight bytes with signed
+// activation bytes into int16 pairs (at most 2 * 63 * 127, no saturation:
+// Q8_0/Q8_K activations are never -128), and the VNNI vpdpwssd multiplies those
+// pairs with the int16 sub-block scales and accumulates in int32, one
+// instruction for what AVX2 needs madd and add for. The *_0 types (one float
+// scale per 32 elements) use 256-bit vectors and vpdpbusd on |w| and sign-moved
+// activations, like the AVX2 kernels' maddubs trick.
+//
+// The quantizers compute exactly what the portable ones do (same operations
+// per element, same rounding), so activations are identical on every path.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+#include "runtime/kernels/internal.h"
+
+// GCC 12's AVX-512 intrinsics build their "undefined" vectors from a
+// self-initialized variable, which -Wuninitialized reports wherever they are
+// inlined (GCC bug 105593, fixed in GCC 13); there is nothing uninitialized.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#define APPLIANCE_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+
+namespace appliance::runtime::kernels::internal {
+namespace {
+
+// Activation rows per tile: each needs two registers (int32 sums of the
+// current block, float accumulator) next to the unpacked weight block.
+constexpr int kMaxTileX = 8;
+// Weight rows per panel (in bytes): the panel stays in L1 while the groups
+// of kMaxTileX activation rows pass it.
+constexpr size_t kPanelBytes = 16 << 10;
+
+APPLIANCE_AVX512 inline float F16(const uint8_t* p) { return _cvtsh_ss(LoadU16(p)); }
+
+APPLIANCE_AVX512 inline float Hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+APPLIANCE_AVX512 inline float Hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+APPLIANCE_AVX512 inline __m512i Load64(const void* p) { return _mm512_loadu_si512(p); }
+APPLIANCE_AVX512 inline __m256i Load32(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+// The same 32 bytes in both halves of a 512-bit register.
+APPLIANCE_AVX512 inline __m512i Broadcast32(const void* p) { return _mm512_broadcast_i64x4(Load32(p)); }
+// A 512-bit vector of int16: `lo` in the lower 16 lanes, `hi` in the upper 16.
+APPLIANCE_AVX512 inline __m512i Halves16(short lo, short hi) {
+  return _mm512_inserti64x4(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi), 1);
+}
+
+// int16 lane indices for vpermw: lanes [8k, 8k + 8) take entry first + k,
+// spreading four per-16-element scales over the 32 int16 pair sums of a
+// 64-element piece (maddubs output lane l covers elements 2l, 2l + 1).
+APPLIANCE_AVX512 inline __m512i QuarterIndex(short first) {
+  return _mm512_inserti64x4(
+      _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(first)),
+                                                     _mm_set1_epi16(static_cast<short>(first + 1)), 1)),
+      _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(static_cast<short>(first + 2))),
+                              _mm_set1_epi16(static_cast<short>(first + 3)), 1),
+      1);
+}
+
+// --- Q4_K / Q5_K ---
+
+// A super-block in 4 pieces of 64 elements: piece p is sub-blocks 2p (the low
+// nibbles of qs[32p, 32p + 32)) and 2p + 1 (their high nibbles), which is also
+// the order of the activations qs[64p, 64p + 64).
+template <typename Block>
+struct QK4 {
+  static constexpr bool kFiveBit = std::is_same_v<Block, BlockQ5_K>;
+  static constexpr int64_t kBlockElems = kQKK;
+  using W = Block;
+  using X = BlockQ8_K;
+  using Acc = __m512;
+
+  template <int G>
+  APPLIANCE_AVX512 static void Dot(const W& w, const X* const (&x)[G], Acc (&acc)[G]) {
+    const ScalesMinsK4 u = UnpackScalesMinsK4(w.scales);
+    const __m512i sc16 =
+        _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_cvtsi64_si128(static_cast<long long>(u.scales))));
+    // m[s] in int16 lanes 2s and 2s + 1, to meet Q8_K's bsums[2s] and bsums[2s + 1].
+    const __m128i m_pairs = _mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(u.mins)),
+                                             _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0));
+    const __m256i m16 = _mm256_cvtepu8_epi16(m_pairs);
+    __m512i hbits = _mm512_setzero_si512();
+    if constexpr (kFiveBit) hbits = Broadcast32(w.qh);
+    __m512i sumi[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) sumi[g] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; ++p) {
+      // Low nibbles in the lower half, high nibbles (shifted down 4) in the upper.
+      __m512i q =
+          _mm512_and_si512(_mm512_srlv_epi16(Broadcast32(w.qs + 32 * p), Halves16(0, 4)), _mm512_set1_epi8(0x0F));
+      if constexpr (kFiveBit) {
+        // Bit s of qh[l] is bit 4 of element 32s + l: bit 2p for the lower half, 2p + 1 for the upper.
+        const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1u << (2 * p))),
+                                               _mm256_set1_epi8(static_cast<char>(1u << (2 * p + 1))), 1);
+        q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hbits, bit), q, _mm512_set1_epi8(16));
+      }
+      // Scales of sub-blocks 2p and 2p + 1 over the lower and upper 16 pair sums.
+      const __m512i scale =
+          _mm512_permutexvar_epi16(Halves16(static_cast<short>(2 * p), static_cast<short>(2 * p + 1)), sc16);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        sumi[g] = _mm512_dpwssd_epi32(sumi[g], _mm512_maddubs_epi16(q, Load64(x[g]->qs + 64 * p)), scale);
+      }
+    }
+    // sum = d dy sum_s sc_s sum(q qy) - dmin dy sum_s m_s sum(qy); the mins
+    // term (8 lanes of int32) goes into the lower half of the same accumulator.
+    const __m512 d = _mm512_set1_ps(F16(w.d));
+    const __m512 dmin = _mm512_set1_ps(F16(w.dmin));
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const __m512 dy = _mm512_set1_ps(x[g]->d);
+      const __m256i mins = _mm256_madd_epi16(Load32(x[g]->bsums), m16);
+      acc[g] = _mm512_fmadd_ps(_mm512_mul_ps(d, dy), _mm512_cvtepi32_ps(sumi[g]), acc[g]);
+      acc[g] = _mm512_fnmadd_ps(_mm512_mul_ps(dmin, dy), _mm512_cvtepi32_ps(_mm512_zextsi256_si512(mins)), acc[g]);
+    }
+  }
+};
+
+// --- Q6_K ---
+
+// Half h of a super-block (128 elements) in 2 pieces of 64: rows 0 and 1
+// (low nibbles of ql[64h, 64h + 64) with bits 0-1 and 2-3 of qh[32h + l]),
+// then rows 2 and 3 (high nibbles, bits 4-5 and 6-7): again the order of the
+// activations. q is unsigned 6-bit; the -32 comes from Q8_K's group sums.
+struct Q6K {
+  static constexpr int64_t kBlockElems = kQKK;
+  using W = BlockQ6_K;
+  using X = BlockQ8_K;
+  using Acc = __m512;
+
+  template <int G>
+  APPLIANCE_AVX512 static void Dot(const W& w, const X* const (&x)[G], Acc (&acc)[G]) {
+    const __m256i sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales)));
+    const __m512i sc16 = _mm512_castsi256_si512(sc);
+    // sum_g sc_g sum_{i in g} (q_i - 32) y_i = sum_i sc q y - sum_g (32 sc_g) bsums_g;
+    // |32 sc_g| <= 4096 fits int16.
+    const __m512i offset = _mm512_zextsi256_si512(_mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5)));
+    __m512i sumi[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g)
+      sumi[g] = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(Load32(x[g]->bsums)), offset);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m2 = _mm512_set1_epi8(0x30);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i lo = Load64(w.ql + 64 * h);
+      const __m512i hi = Broadcast32(w.qh + 32 * h);
+      const __m512i q[2] = {
+          _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(_mm512_sllv_epi16(hi, Halves16(4, 2)), m2)),
+          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo, 4), m4),
+                          _mm512_and_si512(_mm512_srlv_epi16(hi, Halves16(0, 2)), m2)),
+      };
+#pragma GCC unroll 2
+      for (int k = 0; k < 2; ++k) {
+        const int piece = 2 * h + k;
+        const __m512i scale = _mm512_permutexvar_epi16(QuarterIndex(static_cast<short>(4 * piece)), sc16);
+#pragma GCC unroll 8
+        for (int g = 0; g < G; ++g) {
+          sumi[g] = _mm512_dpwssd_epi32(sumi[g], _mm512_maddubs_epi16(q[k], Load64(x[g]->qs + 64 * piece)), scale);
+        }
+      }
+    }
+    const __m512 d = _mm512_set1_ps(F16(w.d));
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      acc[g] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(x[g]->d)), _mm512_cvtepi32_ps(sumi[g]), acc[g]);
+    }
+  }
+};
+
+// --- Q4_0 / Q8_0 against Q8_0 ---
+
+// The 32 signed weights of a block, in element order.
+APPLIANCE_AVX512 inline __m256i SignedValues(const BlockQ4_0& b) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+  const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(t), _mm_srli_epi16(t, 4), 1);
+  return _mm256_sub_epi8(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), _mm256_set1_epi8(8));
+}
+APPLIANCE_AVX512 inline __m256i SignedValues(const BlockQ8_0& b) { return Load32(b.qs); }
+
+// vpdpbusd on |w| (unsigned; 128 for a Q8_0 weight of -128) and the
+// activations with w's sign moved onto them.
+template <typename Block>
+struct Q32 {
+  static constexpr int64_t kBlockElems = kQK;
+  using W = Block;
+  using X = BlockQ8_0;
+  using Acc = __m256;
+
+  template <int G>
+  APPLIANCE_AVX512 static void Dot(const W& w, const X* const (&x)[G], Acc (&acc)[G]) {
+    const __m256i q = SignedValues(w);
+    const __m256i abs_q = _mm256_sign_epi8(q, q);
+    const __m256 d = _mm256_set1_ps(F16(w.d));
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) {
+      const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), abs_q, _mm256_sign_epi8(Load32(x[g]->qs), q));
+      acc[g] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(F16(x[g]->d))), _mm256_cvtepi32_ps(p), acc[g]);
+    }
+  }
+};
+
+// --- tiles ---
+
+// One weight row (nb blocks) against G activation rows x + g * x_stride:
+// y[g * y_stride] for g < G.
+template <typename K, int G>
+APPLIANCE_AVX512 void Tile(int64_t nb, const typename K::W* w, const uint8_t* x, size_t x_stride, float* y,
+                           int64_t y_stride) {
+  using X = typename K::X;
+  typename K::Acc acc[G] = {};
+  const X* rows[G];
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) rows[g] = reinterpret_cast<const X*>(x + static_cast<size_t>(g) * x_stride);
+  for (int64_t b = 0; b < nb; ++b) {
+    const X* xb[G];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g) xb[g] = rows[g] + b;
+    K::template Dot<G>(w[b], xb, acc);
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < G; ++g) y[g * y_stride] = Hsum(acc[g]);
+}
+
+template <typename K>
+using TileFn = void (*)(int64_t, const typename K::W*, const uint8_t*, size_t, float*, int64_t);
+
+template <typename K, int... G>
+constexpr std::array<TileFn<K>, sizeof...(G)> MakeTiles(std::integer_sequence<int, G...>) {
+  return {Tile<K, G + 1>...};
+}
+
+template <typename K>
+APPLIANCE_AVX512 void Gemm(int64_t n, const void* w, size_t w_stride, int64_t rows, const void* x, size_t x_stride,
+                           int64_t nx, float* y, int64_t y_stride) {
+  static constexpr std::array<TileFn<K>, kMaxTileX> kTiles = MakeTiles<K>(std::make_integer_sequence<int, kMaxTileX>());
+  const int64_t nb = n / K::kBlockElems;
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  const uint8_t* xb = static_cast<const uint8_t*>(x);
+  const int64_t panel = std::max<int64_t>(1, static_cast<int64_t>(kPanelBytes / std::max<size_t>(w_stride, 1)));
+  for (int64_t r0 = 0; r0 < rows; r0 += panel) {
+    const int64_t r1 = std::min(rows, r0 + panel);
+    for (int64_t j0 = 0; j0 < nx; j0 += kMaxTileX) {
+      const TileFn<K> tile = kTiles[static_cast<size_t>(std::min<int64_t>(kMaxTileX, nx - j0) - 1)];
+      for (int64_t i = r0; i < r1; ++i) {
+        tile(nb, reinterpret_cast<const typename K::W*>(wb + static_cast<size_t>(i) * w_stride),
+             xb + static_cast<size_t>(j0) * x_stride, x_stride, y + j0 * y_stride + i, y_stride);
+      }
+    }
+  }
+}
+
+template <typename K>
+APPLIANCE_AVX512 float VecDot(int64_t n, const void* w, const void* x) {
+  float y = 0;
+  Tile<K, 1>(n / K::kBlockElems, static_cast<const typename K::W*>(w), static_cast<const uint8_t*>(x), 0, &y, 0);
+  return y;
+}
+
+// --- activation quantizers ---
+
+// RoundToInt8 on 16 lanes: NaN -> 0, clamp to [-127, 127], round half to even.
+APPLIANCE_AVX512 inline __m512i RoundToInt(__m512 v) {
+  v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+  v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f));
+  return _mm512_cvt_roundps_epi32(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
+// max |x| over 16-float vectors; a NaN lane leaves the maximum alone (vmaxps
+// returns its second operand when either is NaN), as std::fmax and the
+// portable `>` comparison skip NaN.
+APPLIANCE_AVX512 inline __m512 MaxAbs(__m512 v, __m512 max) { return _mm512_max_ps(_mm512_abs_ps(v), max); }
+
+APPLIANCE_AVX512 void Q8_KFromFloat(const float* src, void* dst, int64_t n) {
+  BlockQ8_K* y = static_cast<BlockQ8_K*>(dst);
+  for (int64_t b = 0; b < n / kQKK; ++b) {
+    const float* x = src + b * kQKK;
+    __m512 vmax = _mm512_setzero_ps();
+    for (int i = 0; i < 16; ++i) vmax = MaxAbs(_mm512_loadu_ps(x + 16 * i), vmax);
+    const float amax = _mm512_reduce_max_ps(vmax);
+    if (amax == 0.0f) {
+      y[b].d = 0;
+      std::memset(y[b].qs, 0, sizeof y[b].qs);
+      std::memset(y[b].bsums, 0, sizeof y[b].bsums);
+      continue;
+    }
+    // The first element of that magnitude, with its sign (ggml's choice).
+    float max = amax;
+    for (int i = 0; i < 16; ++i) {
+      const __mmask16 hit =
+          _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + 16 * i)), _mm512_set1_ps(amax), _CMP_EQ_OQ);
+      if (hit != 0) {
+        max = x[16 * i + __builtin_ctz(hit)];
+        break;
+      }
+    }
+    const float iscale = -127.f / max;
+    // A group of 16 is one vector: its sum is Q8_K's bsums entry.
+    for (int i = 0; i < 16; ++i) {
+      const __m512i q = RoundToInt(_mm512_mul_ps(_mm512_set1_ps(iscale), _mm512_loadu_ps(x + 16 * i)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16 * i), _mm512_cvtepi32_epi8(q));
+      y[b].bsums[i] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    y[b].d = 1 / iscale;
+  }
+}
+
+APPLIANCE_AVX512 void Q8_0FromFloat(const float* src, void* dst, int64_t n) {
+  uint8_t* p = static_cast<uint8_t*>(dst);
+  for (int64_t b = 0; b < n / kQ8Block; ++b, p += kQ8BlockBytes) {
+    const __m512 x0 = _mm512_loadu_ps(src + b * kQ8Block);
+    const __m512 x1 = _mm512_loadu_ps(src + b * kQ8Block + 16);
+    const float amax = _mm512_reduce_max_ps(MaxAbs(x1, MaxAbs(x0, _mm512_setzero_ps())));
+    const uint16_t d = Fp32ToFp16(amax / 127.f);
+    std::memcpy(p, &d, 2);
+    const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.f / amax : 0.0f);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 2), _mm512_cvtepi32_epi8(RoundToInt(_mm512_mul_ps(x0, id))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 18), _mm512_cvtepi32_epi8(RoundToInt(_mm512_mul_ps(x1, id))));
+  }
+}
+
+template <typename K>
+TypeKernels Tiled(TensorType type, TensorType vec_dot_type, void (*from_float)(const float*, void*, int64_t)) {
+  return {type, vec_dot_type, Avx2Kernels(type)->to_float, from_float, VecDot<K>, Gemm<K>, 0};
+}
+
+}  // namespace
+
+// Dequantization (to_float) stays AVX2's: it only serves the float paths, and
+// sharing it keeps the dequantized floats identical on both tiers.
+const TypeKernels* Avx512Kernels(TensorType type) {
+  static const TypeKernels kQ8_K = {TensorType::kQ8_K,
+                                    TensorType::kQ8_K,
+                                    PortableKernels(TensorType::kQ8_K)->to_float,
+                                    Q8_KFromFloat,
+                                    nullptr,
+                                    nullptr,
+                                    false};
+  static const TypeKernels kQ8_0 = Tiled<Q32<BlockQ8_0>>(TensorType::kQ8_0, TensorType::kQ8_0, Q8_0FromFloat);
+  static const TypeKernels kQ4_0 = Tiled<Q32<BlockQ4_0>>(TensorType::kQ4_0, TensorType::kQ8_0, nullptr);
+  static const TypeKernels kQ4_K = Tiled<QK4<BlockQ4_K>>(TensorType::kQ4_K, TensorType::kQ8_K, nullptr);
+  static const TypeKernels kQ5_K = Tiled<QK4<BlockQ5_K>>(TensorType::kQ5_K, TensorType::kQ8_K, nullptr);
+  static const TypeKernels kQ6_K = Tiled<Q6K>(TensorType::kQ6_K, TensorType::kQ8_K, nullptr);
+  switch (type) {
+    case TensorType::kQ8_K: return &kQ8_K;
+    case TensorType::kQ8_0: return &kQ8_0;
+    case TensorType::kQ4_0: return &kQ4_0;
+    case TensorType::kQ4_K: return &kQ4_K;
+    case TensorType::kQ5_K: return &kQ5_K;
+    case TensorType::kQ6_K: return &kQ6_K;
+    default: return nullptr;
+  }
+}
+
+}  // namespace appliance::runtime::kernels::internal

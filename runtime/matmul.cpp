@@ -1,0 +1,134 @@
+#include "runtime/matmul.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <new>
+
+#include "runtime/kernels/kernels.h"
+
+namespace appliance::runtime {
+namespace {
+
+// Rows of a weight matrix per sgemm-path task: one dequantized panel of
+// 64 rows stays in L2 while OpenBLAS streams the activations past it.
+constexpr int64_t kPanelRows = 64;
+// Which route a product takes is the weight type's measured choice
+// (TypeKernels::sgemm_min_rows). The tiled integer kernels (AVX-512) always
+// win: CPU time per multiply-add on one core, Q4_K 768x768, they run at ~32
+// GMAC/s for 1 row, ~74 for 8, ~70 for 512, where dequantize + OpenBLAS sgemm
+// reaches ~19 for 16 rows and ~38 for 512; and they give the same logits for
+// a prompt as for decoding it token by token.
+// Below this many multiply-adds a job runs on the calling thread: waking the
+// workers costs more than the work (stories260K's matrices are all below it).
+constexpr int64_t kMinParallelWork = 1 << 15;
+// Integer-path tasks: contiguous ranges of at least kMinTaskRows weight rows
+// (each read sequentially), kTasksPerThread per thread. One per thread would
+// do on an idle machine; but a thread preempted while it holds a range stalls
+// the whole product, and with 4 ranges per thread the others take over all
+// but the one it holds (on this shared 2-core VM under load, the worker of a
+// 2-thread pool ran as few as 3% of the tasks of 2-task jobs).
+constexpr int64_t kMinTaskRows = 16;
+constexpr int64_t kTasksPerThread = 4;
+
+// Bytes per element of the widest converted activation row (F16/BF16; Q8_0
+// takes 34/32, Q8_K 292/256, F32 is used in place).
+constexpr int64_t kMaxActBytes = 2;
+
+}  // namespace
+
+uint64_t MatMulEngine::ScratchBytes(int64_t max_cols, int64_t max_n, int n_threads) {
+  const uint64_t cols = static_cast<uint64_t>(max_cols);
+  const uint64_t n = static_cast<uint64_t>(max_n);
+  return kMaxActBytes * n * cols + 4 * n * cols + 4 * static_cast<uint64_t>(n_threads) * kPanelRows * cols;
+}
+
+Status MatMulEngine::Allocate(int64_t max_cols, int64_t max_n, int n_threads) {
+  try {
+    xq_.assign(static_cast<size_t>(kMaxActBytes * max_n * max_cols), 0);
+    xr_.assign(static_cast<size_t>(max_n * max_cols), 0.0f);
+    panel_.resize(static_cast<size_t>(n_threads));
+    for (auto& p : panel_) p.assign(static_cast<size_t>(kPanelRows * max_cols), 0.0f);
+  } catch (const std::bad_alloc&) {
+    return Status::Error("out of memory allocating the matrix product scratch");
+  }
+  return Status::Ok();
+}
+
+void MatMulEngine::Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
+  const kernels::TypeKernels& k = *kernels::Find(w.type);
+  const bool parallel = w.rows * w.cols * n > kMinParallelWork;
+  if (k.sgemm_min_rows != 0 && n >= k.sgemm_min_rows) {
+    RunSgemm(pool, k, w, x, n, y, parallel);
+    return;
+  }
+  const int64_t cols = w.cols;
+  const void* xv = x;
+  size_t x_stride = static_cast<size_t>(cols) * sizeof(float);
+  if (k.vec_dot_type != TensorType::kF32) {
+    // Activations are converted once per product, not once per weight row.
+    const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
+    x_stride = kernels::RowBytes(k.vec_dot_type, cols);
+    uint8_t* xq = xq_.data();
+    auto convert = [&](int64_t t, int /*thread*/) {
+      const int64_t i1 = n * (t + 1) / pool.size();
+      for (int64_t i = n * t / pool.size(); i < i1; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+    };
+    if (parallel && n >= 2 * pool.size()) {
+      pool.For(pool.size(), convert);
+    } else {
+      for (int64_t i = 0; i < n; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+    }
+    xv = xq;
+  }
+  // Balanced contiguous row ranges. Every output element is computed by gemm
+  // the same way whichever range (and thread) it falls in.
+  const int64_t tasks = parallel ? std::clamp<int64_t>(w.rows / kMinTaskRows, 1, kTasksPerThread * pool.size()) : 1;
+  auto task = [&](int64_t t, int /*thread*/) {
+    const int64_t r0 = w.rows * t / tasks;
+    const int64_t r1 = w.rows * (t + 1) / tasks;
+    k.gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, y + r0, w.rows);
+  };
+  pool.For(tasks, task);
+}
+
+void MatMulEngine::RunSgemm(ThreadPool& pool, const kernels::TypeKernels& k, const Matrix& w, const float* x, int64_t n,
+                            float* y, bool parallel) {
+  // llama.cpp multiplies F16/BF16/Q8_0 weights with activations converted to
+  // that type, so round the activations through it first; the product itself
+  // is then plain F32 GEMM on a dequantized panel.
+  const int64_t rows = w.rows;
+  const int64_t cols = w.cols;
+  const float* xa = x;
+  if (k.vec_dot_type != TensorType::kF32) {
+    const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
+    for (int64_t i = 0; i < n; ++i) {
+      vk.from_float(x + i * cols, xq_.data(), cols);
+      vk.to_float(xq_.data(), xr_.data() + i * cols, cols);
+    }
+    xa = xr_.data();
+  }
+  auto task = [&](int64_t t, int thread) {
+    const int64_t r0 = t * kPanelRows;
+    const int64_t nr = std::min(kPanelRows, rows - r0);
+    const float* wp = nullptr;
+    if (w.type == TensorType::kF32) {
+      wp = reinterpret_cast<const float*>(w.row(r0));
+    } else {
+      float* panel = panel_[static_cast<size_t>(thread)].data();
+      for (int64_t r = 0; r < nr; ++r) k.to_float(w.row(r0 + r), panel + r * cols, cols);
+      wp = panel;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(n), static_cast<int>(nr),
+                static_cast<int>(cols), 1.0f, xa, static_cast<int>(cols), wp, static_cast<int>(cols), 0.0f, y + r0,
+                static_cast<int>(rows));
+  };
+  const int64_t tasks = (rows + kPanelRows - 1) / kPanelRows;
+  if (parallel) {
+    pool.For(tasks, task);
+  } else {
+    for (int64_t t = 0; t < tasks; ++t) task(t, 0);
+  }
+}
+
+}  // namespace appliance::runtime

@@ -1,0 +1,52 @@
+// The matrix products of the forward pass: y[n][W.rows] = x[n][W.cols] * W^T
+// for a weight matrix W of any supported type and n activation rows, threaded
+// over the engine's pool. n is 1 when one sequence decodes, a few when several
+// decode together, hundreds for a prompt.
+//
+// Two routes, chosen per weight type and ISA by TypeKernels::sgemm_min_rows:
+//  - integer (every n for the AVX-512 tiled types; below sgemm_min_rows for
+//    the others): the activations are converted to the weight type's
+//    vec_dot_type once, then TypeKernels::gemm runs contiguous ranges of
+//    weight rows against all n rows, each weight block read once per tile of
+//    activation rows. A row's result does not depend on the other rows.
+//  - sgemm (from sgemm_min_rows rows on): activations rounded through the
+//    vec_dot_type, weight panels dequantized to F32, OpenBLAS.
+// Owns the scratch it needs (converted activations, per-thread weight
+// panels), sized once by Allocate(); Run() allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "base/status.h"
+#include "runtime/kernels/kernels.h"
+#include "runtime/model.h"
+#include "runtime/thread_pool.h"
+
+namespace appliance::runtime {
+
+class MatMulEngine {
+ public:
+  // Bytes Allocate() takes for rows of up to max_cols, up to max_n rows per
+  // call, and n_threads pool threads (the caller bounds its total scratch).
+  static uint64_t ScratchBytes(int64_t max_cols, int64_t max_n, int n_threads);
+  Status Allocate(int64_t max_cols, int64_t max_n, int n_threads);
+
+  // y[i][r] = dot(x[i], row r of w) for i < n, r < w.rows; n <= max_n,
+  // w.cols <= max_cols. Each output element is computed the same way whichever
+  // thread runs it, so results do not depend on the pool's size.
+  void Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y);
+
+ private:
+  void RunSgemm(ThreadPool& pool, const kernels::TypeKernels& k, const Matrix& w, const float* x, int64_t n, float* y,
+                bool parallel);
+
+  // Activations converted to a weight's vec_dot_type (n rows), and rounded
+  // back to float for sgemm.
+  std::vector<uint8_t> xq_;
+  std::vector<float> xr_;
+  // Per thread: a dequantized weight panel.
+  std::vector<std::vector<float>> panel_;
+};
+
+}  // namespace appliance::runtime
