@@ -126,7 +126,9 @@ Status Server::Run() {
     }
     if (!eof_ && next_line_ == lines_.size() && queue_.size() < kMaxQueuedJobs) {
       ASSIGN_OR_RETURN(const bool read, ReadChannel(/*block=*/!busy));
-      if (read) continue;  // handle and admit before the next step
+      // Idle, handle what arrived at once; busy, after this step (so a peer
+      // that keeps writing cannot hold the running jobs up).
+      if (read && !busy) continue;
     }
     RETURN_IF_ERROR(PrefillStep());
     RETURN_IF_ERROR(DecodeStep());

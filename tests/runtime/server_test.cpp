@@ -278,6 +278,28 @@ TEST_F(ServerTest, ConcurrentJobsInterleaveQueueAndEachEnd) {
   EXPECT_GT(interleaved, 20u);
 }
 
+// More jobs than sequences and queue places together: the channel is read as
+// the queue drains, and every job ends.
+TEST_F(ServerTest, QueuesBeyondTheJobLimitAndDropsNothing) {
+  Start("stories260K.gguf", 1);
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  std::string jobs;
+  for (int i = 0; i < 100; ++i) jobs += Job("q" + std::to_string(i), kPrompts[i % 8], 2).dump() + "\n";
+  c.Send(jobs + R"({"op":"shutdown"})" "\n");
+  const std::vector<Json> events = Collect(c);
+  ASSERT_EQ(events.back()["event"], "shutdown");
+  EXPECT_TRUE(result_.get().ok());
+  const auto done = TokensByJob(events);
+  EXPECT_EQ(done.size(), 100u);
+  // One sequence: jobs run one after another, in order.
+  std::vector<std::string> order;
+  for (const Json& ev : events) {
+    if (ev["event"] == "done") order.push_back(ev["id"]);
+  }
+  for (size_t i = 0; i < order.size(); ++i) EXPECT_EQ(order[i], "q" + std::to_string(i));
+}
+
 // With greedy sampling a job's tokens do not depend on what else runs: the
 // same eight prompts give the same ids one at a time and all together.
 TEST_F(ServerTest, GreedyTokensAreTheSameAloneAndBesideSevenOthers) {
