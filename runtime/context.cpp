@@ -22,8 +22,14 @@ bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_o
 
 }  // namespace
 
-Context::Context(const Model& model, int64_t n_ctx, int n_threads, int64_t max_batch)
-    : model_(model), cfg_(model.config()), n_ctx_(n_ctx), max_batch_(max_batch), pool_(n_threads) {}
+Context::Context(const Model& model, int64_t n_ctx, int n_threads, int64_t max_batch, int64_t n_seq)
+    : model_(model),
+      cfg_(model.config()),
+      n_ctx_(n_ctx),
+      max_batch_(max_batch),
+      n_seq_(n_seq),
+      pool_(n_threads),
+      seq_len_(static_cast<size_t>(n_seq), 0) {}
 
 Context::~Context() = default;
 
@@ -39,11 +45,19 @@ StatusOr<std::unique_ptr<Context>> Context::Create(const Model& model, const Con
     return Status::Error("thread count " + std::to_string(options.n_threads) + " is outside [1, " +
                          std::to_string(kMaxThreads) + "]");
   }
-  if (options.max_batch < 1 || options.max_batch > 8192) {
-    return Status::Error("batch size " + std::to_string(options.max_batch) + " is outside [1, 8192]");
+  if (options.n_seq < 1 || options.n_seq > kMaxSeqs) {
+    return Status::Error("sequence count " + std::to_string(options.n_seq) + " is outside [1, " +
+                         std::to_string(kMaxSeqs) + "]");
+  }
+  if (options.max_batch < options.n_seq || options.max_batch > 8192) {
+    // A decode step holds one token of every sequence.
+    return Status::Error("batch size " + std::to_string(options.max_batch) + " is outside [" +
+                         std::to_string(options.n_seq) + " (the sequence count), 8192]");
   }
   ConfigureBlas();  // before the pool's threads start and before any GEMM
-  std::unique_ptr<Context> ctx(new Context(model, n_ctx, options.n_threads, std::min(options.max_batch, n_ctx)));
+  // One batch holds at most n_ctx tokens of each sequence.
+  const int64_t max_batch = std::min(options.max_batch, n_ctx * options.n_seq);
+  std::unique_ptr<Context> ctx(new Context(model, n_ctx, options.n_threads, max_batch, options.n_seq));
   RETURN_IF_ERROR(ctx->Allocate());
   return ctx;
 }
@@ -51,13 +65,17 @@ StatusOr<std::unique_ptr<Context>> Context::Create(const Model& model, const Con
 Status Context::Allocate() {
   const LlamaConfig& c = cfg_;
   // Every size below is a product of values Model::Load bounded, checked
-  // again here because the KV cache multiplies three of them.
-  uint64_t k_size = 0, v_size = 0;
-  if (!CheckedMul(static_cast<uint64_t>(c.n_layer), static_cast<uint64_t>(n_ctx_), &k_size) ||
-      !CheckedMul(k_size, static_cast<uint64_t>(c.k_dim()), &k_size) || k_size > (uint64_t{1} << 33) ||
-      !CheckedMul(static_cast<uint64_t>(c.n_layer), static_cast<uint64_t>(n_ctx_), &v_size) ||
-      !CheckedMul(v_size, static_cast<uint64_t>(c.v_dim()), &v_size) || v_size > (uint64_t{1} << 33)) {
-    return Status::Error("KV cache for " + std::to_string(n_ctx_) + " positions is too large");
+  // again here because the KV cache multiplies four of them.
+  uint64_t positions = 0, k_size = 0, v_size = 0;
+  const bool kv_fits =
+      CheckedMul(static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(n_seq_), static_cast<uint64_t>(n_ctx_),
+                 &positions) &&
+      CheckedMul(positions, static_cast<uint64_t>(c.k_dim()), &k_size) &&
+      CheckedMul(positions, static_cast<uint64_t>(c.v_dim()), &v_size) && k_size + v_size <= kMaxKvBytes / 4;
+  if (!kv_fits) {
+    return Status::Error("KV cache for " + std::to_string(n_seq_) + " sequences x " + std::to_string(n_ctx_) +
+                         " positions exceeds " + std::to_string(kMaxKvBytes >> 20) +
+                         " MiB; use fewer sequences or a smaller context");
   }
   // The widest matrix row (cols) any MatMul sees.
   const int64_t max_cols = std::max({c.n_embd, c.attn_dim(), c.n_ff});
@@ -66,7 +84,9 @@ Status Context::Allocate() {
   // Model::Load, so no product below overflows): refuse a combination above
   // kMaxScratchBytes instead of letting a hostile header make us touch
   // gigabytes of zeroed memory.
-  const uint64_t per_token = static_cast<uint64_t>(2 * c.n_embd + c.q_dim() + c.attn_dim() + 2 * c.n_ff + c.n_rot);
+  const uint64_t per_token = static_cast<uint64_t>(2 * c.n_embd + c.q_dim() + c.k_dim() + c.v_dim() + c.attn_dim() +
+                                                   2 * c.n_ff + c.n_rot) +
+                             sizeof(BatchToken) / 4 + sizeof(Run) / 4;
   const uint64_t per_thread = static_cast<uint64_t>(kQueryBlock * n_ctx_);
   const uint64_t scratch = 4 * (per_token * B + static_cast<uint64_t>(pool_.size()) * per_thread) +
                            MatMulEngine::ScratchBytes(max_cols, max_batch_, pool_.size());
@@ -75,18 +95,30 @@ Status Context::Allocate() {
                          std::to_string(scratch >> 20) + " MiB (limit " + std::to_string(kMaxScratchBytes >> 20) +
                          " MiB); use a smaller batch or context");
   }
+  // Not value-initialized: the pages of positions no sequence reaches are
+  // never touched.
+  k_cache_.reset(new (std::nothrow) float[k_size]);
+  v_cache_.reset(new (std::nothrow) float[v_size]);
+  if (!k_cache_ || !v_cache_) {
+    return Status::Error("out of memory allocating the KV cache (" + std::to_string(n_seq_) + " sequences x " +
+                         std::to_string(n_ctx_) + " positions)");
+  }
   try {
-    k_cache_.assign(k_size, 0.0f);
-    v_cache_.assign(v_size, 0.0f);
+    batch_.resize(B);
+    runs_.resize(B);
     x_.assign(B * static_cast<size_t>(c.n_embd), 0.0f);
     xn_.assign(B * static_cast<size_t>(c.n_embd), 0.0f);
     q_.assign(B * static_cast<size_t>(c.q_dim()), 0.0f);
+    k_.assign(B * static_cast<size_t>(c.k_dim()), 0.0f);
+    v_.assign(B * static_cast<size_t>(c.v_dim()), 0.0f);
     att_.assign(B * static_cast<size_t>(c.attn_dim()), 0.0f);
     gate_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
     up_.assign(B * static_cast<size_t>(c.n_ff), 0.0f);
     rope_cache_.assign(B * static_cast<size_t>(c.n_rot), 0.0f);
     scores_.resize(static_cast<size_t>(pool_.size()));
     for (auto& s : scores_) s.assign(static_cast<size_t>(kQueryBlock * n_ctx_), 0.0f);
+    // A decode step keeps one row per sequence: reserved so it allocates nothing.
+    logits_.reserve(static_cast<size_t>(n_seq_ * c.n_vocab));
     logits_.assign(static_cast<size_t>(c.n_vocab), 0.0f);
   } catch (const std::bad_alloc&) {
     return Status::Error("out of memory allocating the inference context (" + std::to_string(n_ctx_) + " positions)");
@@ -97,8 +129,8 @@ Status Context::Allocate() {
 Status Context::Eval(std::span<const int32_t> tokens, bool all_logits) {
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) return Status::Error("eval: no tokens");
-  if (n > n_ctx_ - n_past_) {
-    return Status::Error("eval: " + std::to_string(n) + " tokens at position " + std::to_string(n_past_) +
+  if (n > n_ctx_ - n_past()) {
+    return Status::Error("eval: " + std::to_string(n) + " tokens at position " + std::to_string(n_past()) +
                          " exceed the context size " + std::to_string(n_ctx_));
   }
   for (int32_t t : tokens) {
@@ -117,16 +149,65 @@ Status Context::Eval(std::span<const int32_t> tokens, bool all_logits) {
   for (int64_t done = 0; done < n;) {
     const int64_t chunk = std::min(max_batch_, n - done);
     const bool last = done + chunk == n;
-    float* out = nullptr;
-    if (all_logits) {
-      out = logits_.data() + done * cfg_.n_vocab;
-    } else if (last) {
-      out = logits_.data();
+    const int64_t pos0 = n_past();
+    for (int64_t i = 0; i < chunk; ++i) {
+      batch_[static_cast<size_t>(i)] = {tokens[static_cast<size_t>(done + i)], 0, pos0 + i,
+                                        all_logits || (last && i == chunk - 1)};
     }
-    Forward(tokens.data() + done, chunk, all_logits, out);
-    n_past_ += chunk;
+    Forward(chunk, logits_.data() + (all_logits ? done * cfg_.n_vocab : 0));
     done += chunk;
   }
+  return Status::Ok();
+}
+
+Status Context::Decode(std::span<const BatchToken> batch) {
+  const int64_t n = static_cast<int64_t>(batch.size());
+  if (n == 0 || n > max_batch_) {
+    return Status::Error("decode: " + std::to_string(n) + " tokens is outside [1, " + std::to_string(max_batch_) +
+                         "] (the batch size)");
+  }
+  bool seen[kMaxSeqs] = {};
+  int64_t rows = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const BatchToken& b = batch[static_cast<size_t>(i)];
+    auto where = [i] { return "decode: batch token " + std::to_string(i); };  // only built for an error
+    if (b.token < 0 || b.token >= cfg_.n_vocab) {
+      return Status::Error(where() + ": token id " + std::to_string(b.token) + " is outside [0, " +
+                           std::to_string(cfg_.n_vocab) + ")");
+    }
+    if (b.seq < 0 || b.seq >= n_seq_) {
+      return Status::Error(where() + ": sequence " + std::to_string(b.seq) + " is outside [0, " + std::to_string(n_seq_) +
+                           ")");
+    }
+    if (i > 0 && batch[static_cast<size_t>(i - 1)].seq == b.seq) {
+      if (b.pos != batch[static_cast<size_t>(i - 1)].pos + 1) {
+        return Status::Error(where() + ": position " + std::to_string(b.pos) + " does not follow its sequence's " +
+                             "previous token in the batch");
+      }
+    } else {
+      if (seen[b.seq]) {
+        return Status::Error(where() + ": sequence " + std::to_string(b.seq) + " is not adjacent in the batch");
+      }
+      seen[b.seq] = true;
+      if (b.pos < 0 || b.pos > seq_len(b.seq)) {
+        return Status::Error(where() + ": position " + std::to_string(b.pos) + " leaves a gap after the " +
+                             std::to_string(seq_len(b.seq)) + " positions of sequence " + std::to_string(b.seq));
+      }
+    }
+    if (b.pos >= n_ctx_) {
+      return Status::Error(where() + ": position " + std::to_string(b.pos) + " is beyond the context size " +
+                           std::to_string(n_ctx_));
+    }
+    rows += b.logits ? 1 : 0;
+  }
+  try {
+    logits_.resize(static_cast<size_t>(rows * cfg_.n_vocab));  // no-op up to n_seq rows: capacity is reserved
+  } catch (const std::bad_alloc&) {
+    return Status::Error("out of memory for " + std::to_string(rows) + " rows of logits");
+  }
+  n_logit_rows_ = rows;
+  std::copy(batch.begin(), batch.end(), batch_.begin());
+  Forward(n, logits_.data());
   return Status::Ok();
 }
 
@@ -183,7 +264,15 @@ void Context::Rope(float* x, int64_t n, int64_t n_heads) const {
 
 void Context::MatMul(const Matrix& w, const float* x, int64_t n, float* y) { matmul_.Run(pool_, w, x, n, y); }
 
-void Context::Attention(int64_t layer, int64_t n, int64_t pos0) {
+float* Context::KRow(int64_t layer, int64_t seq, int64_t pos) const {
+  return k_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.k_dim();
+}
+
+float* Context::VRow(int64_t layer, int64_t seq, int64_t pos) const {
+  return v_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.v_dim();
+}
+
+void Context::Attention(int64_t layer, int64_t n_runs) {
   const int64_t hk = cfg_.head_dim_k;
   const int64_t hv = cfg_.head_dim_v;
   const int64_t k_dim = cfg_.k_dim();
@@ -192,47 +281,52 @@ void Context::Attention(int64_t layer, int64_t n, int64_t pos0) {
   const int64_t a_dim = cfg_.attn_dim();
   const int64_t n_head = cfg_.n_head;
   const int64_t group = cfg_.n_head / cfg_.n_head_kv;  // query heads per KV head (GQA)
-  const float* kc = k_cache_.data() + layer * n_ctx_ * k_dim;
-  const float* vc = v_cache_.data() + layer * n_ctx_ * v_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hk));
   const kernels::VecKernels& vec = kernels::Vec();
 
-  if (n == 1) {
-    const int64_t len = pos0 + 1;
-    auto task = [&](int64_t h, int thread) {
+  // A run of one token has a task per head, a longer one a task per (block of
+  // queries, head); the tasks of all runs form one pool job.
+  int64_t tasks = 0, work = 0;
+  for (int64_t r = 0; r < n_runs; ++r) {
+    Run& run = runs_[static_cast<size_t>(r)];
+    run.task0 = tasks;
+    tasks += run.m == 1 ? n_head : (run.m + kQueryBlock - 1) / kQueryBlock * n_head;
+    work += (run.pos0 + run.m) * run.m * (hk + hv) * n_head;
+  }
+  auto task = [&](int64_t t, int thread) {
+    const Run& run = *(std::upper_bound(runs_.begin(), runs_.begin() + n_runs, t,
+                                        [](int64_t v, const Run& x) { return v < x.task0; }) -
+                       1);
+    const int64_t local = t - run.task0;
+    const float* kc = KRow(layer, run.seq, 0);
+    const float* vc = VRow(layer, run.seq, 0);
+    float* s = scores_[static_cast<size_t>(thread)].data();
+    if (run.m == 1) {
+      // Decode: one query against the run's cache, threaded dot products.
+      const int64_t h = local;
       const int64_t g = h / group;
-      const float* q = q_.data() + h * hk;
-      float* s = scores_[static_cast<size_t>(thread)].data();
-      vec.dot_rows_f32(hk, q, kc + g * hk, k_dim, len, s);
+      const int64_t len = run.pos0 + 1;
+      vec.dot_rows_f32(hk, q_.data() + run.i0 * q_dim + h * hk, kc + g * hk, k_dim, len, s);
       vec.softmax_f32(len, s, scale);
-      float* out = att_.data() + h * hv;
+      float* out = att_.data() + run.i0 * a_dim + h * hv;
       std::fill(out, out + hv, 0.0f);
       vec.axpy_rows_f32(hv, s, vc + g * hv, v_dim, len, out);
-    };
-    if (len * (hk + hv) * n_head > 2 * kMinParallelWork) {
-      pool_.For(n_head, task);
-    } else {
-      for (int64_t h = 0; h < n_head; ++h) task(h, 0);
+      return;
     }
-    return;
-  }
-
-  // Batched: per (head, block of queries) S = Q K^T over every cached
-  // position the block can see, causal softmax per row, then O = P V.
-  const int64_t blocks = (n + kQueryBlock - 1) / kQueryBlock;
-  auto task = [&](int64_t t, int thread) {
-    const int64_t h = t % n_head;
-    const int64_t i0 = (t / n_head) * kQueryBlock;
-    const int64_t m = std::min(kQueryBlock, n - i0);
+    // Batched: per (head, block of queries) S = Q K^T over every cached
+    // position the block can see, causal softmax per row, then O = P V.
+    const int64_t h = local % n_head;
+    const int64_t b0 = (local / n_head) * kQueryBlock;  // first query of the block, within the run
+    const int64_t m = std::min(kQueryBlock, run.m - b0);
     const int64_t g = h / group;
-    const int64_t len = pos0 + i0 + m;  // keys visible to the block's last query
-    float* s = scores_[static_cast<size_t>(thread)].data();
+    const int64_t len = run.pos0 + b0 + m;  // keys visible to the block's last query
+    const int64_t i0 = run.i0 + b0;         // the block's first row in the batch
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(len),
                 static_cast<int>(hk), 1.0f, q_.data() + i0 * q_dim + h * hk, static_cast<int>(q_dim), kc + g * hk,
                 static_cast<int>(k_dim), 0.0f, s, static_cast<int>(len));
     for (int64_t r = 0; r < m; ++r) {
       float* row = s + r * len;
-      const int64_t visible = pos0 + i0 + r + 1;
+      const int64_t visible = run.pos0 + b0 + r + 1;
       vec.softmax_f32(visible, row, scale);
       std::fill(row + visible, row + len, 0.0f);
     }
@@ -240,31 +334,38 @@ void Context::Attention(int64_t layer, int64_t n, int64_t pos0) {
                 static_cast<int>(len), 1.0f, s, static_cast<int>(len), vc + g * hv, static_cast<int>(v_dim), 0.0f,
                 att_.data() + i0 * a_dim + h * hv, static_cast<int>(a_dim));
   };
-  const int64_t tasks = blocks * n_head;
-  if ((pos0 + n) * n * (hk + hv) * n_head > 2 * kMinParallelWork) {
+  if (work > 2 * kMinParallelWork) {
     pool_.For(tasks, task);
   } else {
     for (int64_t t = 0; t < tasks; ++t) task(t, 0);
   }
 }
 
-void Context::Forward(const int32_t* tokens, int64_t n, bool all_logits, float* logits) {
+void Context::Forward(int64_t n, float* logits) {
   const LlamaConfig& c = cfg_;
   const LlamaWeights& W = model_.weights();
   const int64_t d = c.n_embd;
-  const int64_t pos0 = n_past_;
   const int64_t k_dim = c.k_dim();
   const int64_t v_dim = c.v_dim();
 
+  int64_t n_runs = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const BatchToken& b = batch_[static_cast<size_t>(i)];
+    if (i == 0 || b.seq != batch_[static_cast<size_t>(i - 1)].seq) runs_[static_cast<size_t>(n_runs++)] = {b.seq, b.pos, i, 0, 0};
+    ++runs_[static_cast<size_t>(n_runs - 1)].m;
+  }
+
   const kernels::TypeKernels& embd = *kernels::Find(W.token_embd.type);
-  for (int64_t i = 0; i < n; ++i) embd.to_float(W.token_embd.row(tokens[i]), x_.data() + i * d, d);
+  for (int64_t i = 0; i < n; ++i) {
+    embd.to_float(W.token_embd.row(batch_[static_cast<size_t>(i)].token), x_.data() + i * d, d);
+  }
 
   // RoPE angles per position, as ggml's rope cache: theta starts at the
   // position and is multiplied by base^(-2/n_rot) (in float) per pair; the
   // angle used is freq_scale * theta (linear scaling; exact when it is 1).
   const float theta_scale = std::pow(c.rope_freq_base, -2.0f / static_cast<float>(c.n_rot));
   for (int64_t i = 0; i < n; ++i) {
-    float theta = static_cast<float>(pos0 + i);
+    float theta = static_cast<float>(batch_[static_cast<size_t>(i)].pos);
     float* cs = rope_cache_.data() + i * c.n_rot;
     for (int64_t j = 0; j < c.n_rot / 2; ++j) {
       const float angle = c.rope_freq_scale * theta;
@@ -279,21 +380,24 @@ void Context::Forward(const int32_t* tokens, int64_t n, bool all_logits, float* 
     RmsNorm(x_.data(), L.attn_norm, n, d, xn_.data());
     MatMul(L.wq, xn_.data(), n, q_.data());
     AddBias(q_.data(), L.bq, n, c.q_dim());
-    // K and V rows go straight into the cache: its layout is [pos][k_dim / v_dim].
-    float* kc = k_cache_.data() + (l * n_ctx_ + pos0) * k_dim;
-    float* vc = v_cache_.data() + (l * n_ctx_ + pos0) * v_dim;
-    MatMul(L.wk, xn_.data(), n, kc);
-    AddBias(kc, L.bk, n, k_dim);
-    MatMul(L.wv, xn_.data(), n, vc);
-    AddBias(vc, L.bv, n, v_dim);
+    MatMul(L.wk, xn_.data(), n, k_.data());
+    AddBias(k_.data(), L.bk, n, k_dim);
+    MatMul(L.wv, xn_.data(), n, v_.data());
+    AddBias(v_.data(), L.bv, n, v_dim);
     if (L.q_norm != nullptr) {
       // qwen3: every head of q and k normalized on its own (rows of head_dim_k).
       RmsNorm(q_.data(), L.q_norm, n * c.n_head, c.head_dim_k, q_.data());
-      RmsNorm(kc, L.k_norm, n * c.n_head_kv, c.head_dim_k, kc);
+      RmsNorm(k_.data(), L.k_norm, n * c.n_head_kv, c.head_dim_k, k_.data());
     }
     Rope(q_.data(), n, c.n_head);
-    Rope(kc, n, c.n_head_kv);
-    Attention(l, n, pos0);
+    Rope(k_.data(), n, c.n_head_kv);
+    // Each run's K and V rows go to its sequence's cache: [pos][k_dim / v_dim].
+    for (int64_t r = 0; r < n_runs; ++r) {
+      const Run& run = runs_[static_cast<size_t>(r)];
+      std::copy_n(k_.data() + run.i0 * k_dim, run.m * k_dim, KRow(l, run.seq, run.pos0));
+      std::copy_n(v_.data() + run.i0 * v_dim, run.m * v_dim, VRow(l, run.seq, run.pos0));
+    }
+    Attention(l, n_runs);
     MatMul(L.wo, att_.data(), n, xn_.data());
     AddBias(xn_.data(), L.bo, n, d);
     for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
@@ -308,12 +412,17 @@ void Context::Forward(const int32_t* tokens, int64_t n, bool all_logits, float* 
     MatMul(L.w_down, gate_.data(), n, xn_.data());
     for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
   }
+  for (int64_t r = 0; r < n_runs; ++r) {
+    const Run& run = runs_[static_cast<size_t>(r)];
+    seq_len_[static_cast<size_t>(run.seq)] = run.pos0 + run.m;
+  }
 
-  if (logits == nullptr) return;  // an inner chunk of a long prompt
-  const int64_t first = all_logits ? 0 : n - 1;
-  const int64_t rows = n - first;
-  RmsNorm(x_.data() + first * d, W.output_norm, rows, d, xn_.data());
-  MatMul(W.output, xn_.data(), rows, logits);
+  // Logits of the marked tokens only (none for an inner chunk of a long prompt).
+  int64_t rows = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (batch_[static_cast<size_t>(i)].logits) RmsNorm(x_.data() + i * d, W.output_norm, 1, d, xn_.data() + rows++ * d);
+  }
+  if (rows > 0) MatMul(W.output, xn_.data(), rows, logits);
 }
 
 }  // namespace appliance::runtime

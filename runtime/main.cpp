@@ -9,7 +9,9 @@
 //            [{"role": "user", "content": "..."}, ...] (the file's messages come first)
 //   logits   --model M (--prompt P | --tokens ID,ID,...) [--top-k K] [--json]
 //   tokenize --model M --text T [--no-bos] [--json]
-//   serve    (--model PATH | --model-fd N) --channel-fd N [--threads N]
+//   serve    (--model PATH | --model-fd N) --channel-fd N [--threads N] [--max-jobs N]
+//            --max-jobs: jobs decoded together (default 8), each with its own KV cache of the full
+//            context; further jobs queue in order
 //
 // Errors are printed once, here: "error: <message>" on stderr, exit code 1
 // (2 for a bad command line). In serve mode every stderr line carries the
@@ -266,6 +268,7 @@ struct ServeArgs {
   int model_fd = -1;
   int channel_fd = -1;
   int threads = DefaultThreads();
+  int64_t max_jobs = 8;
 };
 
 int RunServe(const ServeArgs& a) {
@@ -285,12 +288,14 @@ int RunServe(const ServeArgs& a) {
   if (!model.ok()) return fail(model.status());
   ContextOptions opts;
   opts.n_threads = a.threads;
+  opts.n_seq = a.max_jobs;
   auto ctx = Context::Create(**model, opts);
   if (!ctx.ok()) return fail(ctx.status());
   const LlamaConfig& c = (*model)->config();
   Log("model '" + (*model)->name() + "': " + std::to_string(c.n_layer) + " layers, dim " + std::to_string(c.n_embd) +
       ", " + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) + " heads, vocab " +
-      std::to_string(c.n_vocab) + ", context " + std::to_string((*ctx)->n_ctx()) + "; " + std::to_string(a.threads) +
+      std::to_string(c.n_vocab) + ", context " + std::to_string((*ctx)->n_ctx()) + " x " +
+      std::to_string(a.max_jobs) + " jobs; " + std::to_string(a.threads) +
       " threads, " + kernels::IsaName(kernels::ActiveIsa()) + " kernels, OpenBLAS " + BlasCoreName());
   Status s = Serve(**ctx, a.channel_fd);
   if (!s.ok()) return fail(s);
@@ -349,6 +354,8 @@ int Main(int argc, char** argv) {
   sm->excludes(sf);
   s->add_option("--channel-fd", sv.channel_fd, "fd of the job channel")->required()->check(CLI::NonNegativeNumber);
   s->add_option("--threads", sv.threads, "worker threads")->check(CLI::Range(1, 256));
+  s->add_option("--max-jobs", sv.max_jobs, "jobs decoded together (default 8); more queue")
+      ->check(CLI::Range(int64_t{1}, Context::kMaxSeqs));
 
   try {
     app.parse(argc, argv);

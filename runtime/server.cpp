@@ -1,11 +1,15 @@
 #include "runtime/server.h"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <deque>
 #include <exception>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -16,6 +20,16 @@
 namespace appliance::runtime {
 namespace {
 
+// Accepted jobs waiting for a sequence. Each holds at most one request line
+// (LineReader::kMaxLine), so the queue stays within a few MiB.
+constexpr size_t kMaxQueuedJobs = 64;
+// Prompt tokens per prefill forward. A prompt is cut into chunks by this size
+// alone (never by what else runs), so a job's arithmetic does not depend on
+// the other jobs; between two chunks the running jobs get a decode step.
+// Equal to Context's attention query block, so a chunk's attention is shaped
+// as in one whole-prompt Eval().
+constexpr int64_t kPrefillChunk = 64;
+
 Status WaitFor(int fd, short events, const char* what) {
   pollfd p{fd, events, 0};
   for (;;) {
@@ -23,6 +37,278 @@ Status WaitFor(int fd, short events, const char* what) {
     if (r >= 0) return Status::Ok();
     if (errno != EINTR) return PosixError(std::string("poll channel for ") + what);
   }
+}
+
+std::string ShortId(const std::string& id) { return "job '" + id.substr(0, 64) + "'"; }
+
+class Server {
+ public:
+  Server(Context& ctx, int fd)
+      : ctx_(ctx),
+        fd_(fd),
+        chat_template_(ChatTemplate::FromGguf(ctx.model().gguf())),
+        jobs_(static_cast<size_t>(ctx.n_seq())) {
+    limits_.max_tokens = ctx.n_ctx();
+    batch_.reserve(static_cast<size_t>(std::max(ctx.n_seq(), kPrefillChunk)));
+  }
+
+  Status Run();
+
+ private:
+  // A job holding a sequence of the context (its index in jobs_).
+  struct Job {
+    std::string id;
+    Generation gen;
+    uint64_t order = 0;     // admission order: prompts are evaluated first come, first served
+    int64_t prefilled = 0;  // prompt tokens evaluated; the job decodes once all are
+  };
+
+  bool Busy() const;
+  // Reads what the channel has (waiting for it when `block`); false when
+  // nothing was there.
+  StatusOr<bool> ReadChannel(bool block);
+  // Handles the lines read so far, in order, while the queue has room.
+  Status HandleLines();
+  Status HandleLine(const LineReader::Item& item);
+  // Starts queued jobs on free sequences.
+  Status Admit();
+  // Evaluates the next chunk of the earliest admitted job's prompt.
+  Status PrefillStep();
+  // One forward over the next token of every job past its prompt.
+  Status DecodeStep();
+  // Samples job `seq`'s next token from `logits` and streams it; ends the job
+  // when it is complete. Returns only channel failures.
+  Status Advance(int64_t seq, std::span<const float> logits);
+  // Ends job `seq` with its done event (status OK) or an error event.
+  Status End(int64_t seq, const Status& status);
+
+  Context& ctx_;
+  const int fd_;
+  ProtocolLimits limits_;
+  // Recognised once; chat jobs get its error when the model has none this
+  // runtime renders.
+  const StatusOr<ChatTemplate> chat_template_;
+  LineReader reader_;
+  std::vector<LineReader::Item> lines_;  // read, handled up to next_line_
+  size_t next_line_ = 0;
+  std::deque<ParsedRequest> queue_;
+  std::vector<std::optional<Job>> jobs_;  // [n_seq]
+  std::vector<BatchToken> batch_;
+  uint64_t admitted_ = 0, finished_ = 0;
+  bool shutdown_ = false;  // a shutdown request was read
+  bool eof_ = false;
+};
+
+bool Server::Busy() const {
+  return !queue_.empty() || std::any_of(jobs_.begin(), jobs_.end(), [](const auto& j) { return j.has_value(); });
+}
+
+Status Server::Run() {
+  Log("tokenizer: " + ctx_.model().tokenizer().Describe() + "; chat template: " +
+      (chat_template_.ok() ? chat_template_->name() : "unavailable: " + chat_template_.status().message()));
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags < 0 || ::fcntl(fd_, F_SETFL, flags | O_NONBLOCK) != 0) return PosixError("make the channel non-blocking");
+  RETURN_IF_ERROR(WriteAll(fd_, ReadyEvent(ctx_.model().name(), ctx_.model().config().n_vocab)));
+  Log("ready: serving jobs on fd " + std::to_string(fd_) + ", up to " + std::to_string(ctx_.n_seq()) + " at once");
+
+  for (;;) {
+    RETURN_IF_ERROR(HandleLines());
+    RETURN_IF_ERROR(Admit());
+    const bool busy = Busy();
+    if (!busy && shutdown_) {
+      RETURN_IF_ERROR(WriteAll(fd_, ShutdownEvent()));
+      Log("shutdown requested; " + std::to_string(finished_) + " jobs served");
+      return Status::Ok();
+    }
+    if (!busy && eof_) {
+      return Status::Error("channel closed (EOF) without a shutdown request after " + std::to_string(finished_) +
+                           " jobs");
+    }
+    if (!eof_ && next_line_ == lines_.size() && queue_.size() < kMaxQueuedJobs) {
+      ASSIGN_OR_RETURN(const bool read, ReadChannel(/*block=*/!busy));
+      // Idle, handle what arrived at once; busy, after this step (so a peer
+      // that keeps writing cannot hold the running jobs up).
+      if (read && !busy) continue;
+    }
+    RETURN_IF_ERROR(PrefillStep());
+    RETURN_IF_ERROR(DecodeStep());
+  }
+}
+
+StatusOr<bool> Server::ReadChannel(bool block) {
+  pollfd p{fd_, POLLIN, 0};
+  for (;;) {
+    const int r = ::poll(&p, 1, block ? -1 : 0);
+    if (r == 0) return false;
+    if (r > 0) break;
+    if (errno != EINTR) return PosixError("poll channel for reading");
+  }
+  char buf[64 * 1024];
+  for (;;) {
+    const ssize_t n = ::read(fd_, buf, sizeof buf);
+    if (n > 0) {
+      lines_.clear();
+      next_line_ = 0;
+      reader_.Feed(std::string_view(buf, static_cast<size_t>(n)), &lines_);
+      return true;
+    }
+    if (n == 0) {
+      if (reader_.InLine()) Log("channel closed in the middle of a request line; the partial line is dropped");
+      eof_ = true;
+      return true;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return false;
+    return PosixError("read channel");
+  }
+}
+
+Status Server::HandleLines() {
+  while (next_line_ < lines_.size() && queue_.size() < kMaxQueuedJobs) {
+    RETURN_IF_ERROR(HandleLine(lines_[next_line_++]));
+  }
+  return Status::Ok();
+}
+
+Status Server::HandleLine(const LineReader::Item& item) {
+  if (item.kind == LineReader::Item::Kind::kOversize) {
+    Log("request line longer than " + std::to_string(LineReader::kMaxLine) + " bytes refused");
+    return WriteAll(fd_, ErrorEvent(std::nullopt, "request line exceeds " + std::to_string(LineReader::kMaxLine) +
+                                                      " bytes"));
+  }
+  if (item.line.find_first_not_of(" \t") == std::string::npos) return Status::Ok();  // blank line
+  ParsedRequest req = ParseRequest(item.line, limits_);
+  switch (req.kind) {
+    case ParsedRequest::Kind::kError:
+      Log("bad request: " + req.error);
+      return WriteAll(fd_, ErrorEvent(req.id, req.error));
+    case ParsedRequest::Kind::kShutdown:
+      if (shutdown_) {
+        Log("repeated shutdown request ignored");
+      } else {
+        Log("shutdown requested: finishing " + std::to_string(queue_.size()) + " queued and the running jobs");
+      }
+      shutdown_ = true;
+      return Status::Ok();
+    case ParsedRequest::Kind::kGenerate:
+    case ParsedRequest::Kind::kChat:
+      if (shutdown_) {
+        Log(ShortId(req.generate.id) + " refused: it came after the shutdown request");
+        return WriteAll(fd_, ErrorEvent(req.generate.id, "the server is shutting down"));
+      }
+      queue_.push_back(std::move(req));
+      return Status::Ok();
+  }
+  return Status::Ok();
+}
+
+Status Server::Admit() {
+  size_t seq = 0;
+  while (!queue_.empty()) {
+    while (seq < jobs_.size() && jobs_[seq]) ++seq;
+    if (seq == jobs_.size()) break;
+    const ParsedRequest req = std::move(queue_.front());
+    queue_.pop_front();
+    const GenerateRequest& g = req.generate;
+    GenerateParams params;
+    params.max_tokens = g.max_tokens;
+    params.sampling = g.sampling;
+    StatusOr<Generation> gen = Status::Error("not started");
+    try {  // tokenizing allocates: an allocation failure fails the job, not the server
+      if (req.kind == ParsedRequest::Kind::kChat) {
+        gen = chat_template_.ok() ? Generation::StartChat(ctx_.model(), ctx_.n_ctx(), *chat_template_, g.messages, params)
+                                  : StatusOr<Generation>(chat_template_.status());
+      } else {
+        gen = Generation::Start(ctx_.model(), ctx_.n_ctx(), g.prompt, params);
+      }
+    } catch (const std::exception& e) {
+      gen = Status::Error(std::string("internal error: ") + e.what());
+    }
+    if (!gen.ok()) {
+      ++finished_;
+      Log(ShortId(g.id) + " failed: " + gen.status().message());
+      RETURN_IF_ERROR(WriteAll(fd_, ErrorEvent(g.id, gen.status().message())));
+      continue;  // the sequence is still free
+    }
+    jobs_[seq] = Job{g.id, std::move(*gen), admitted_++, 0};
+  }
+  return Status::Ok();
+}
+
+Status Server::PrefillStep() {
+  int64_t seq = -1;
+  for (size_t s = 0; s < jobs_.size(); ++s) {
+    const std::optional<Job>& j = jobs_[s];
+    if (j && j->prefilled < static_cast<int64_t>(j->gen.prompt_tokens().size()) &&
+        (seq < 0 || j->order < jobs_[static_cast<size_t>(seq)]->order)) {
+      seq = static_cast<int64_t>(s);
+    }
+  }
+  if (seq < 0) return Status::Ok();
+  Job& job = *jobs_[static_cast<size_t>(seq)];
+  const std::vector<int32_t>& prompt = job.gen.prompt_tokens();
+  const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+  const int64_t chunk = std::min({kPrefillChunk, ctx_.max_batch(), n_prompt - job.prefilled});
+  batch_.clear();
+  for (int64_t i = 0; i < chunk; ++i) {
+    const int64_t pos = job.prefilled + i;
+    batch_.push_back({prompt[static_cast<size_t>(pos)], static_cast<int32_t>(seq), pos, pos == n_prompt - 1});
+  }
+  if (Status s = ctx_.Decode(batch_); !s.ok()) return End(seq, s);
+  job.prefilled += chunk;
+  if (job.prefilled < n_prompt) return Status::Ok();
+  return Advance(seq, ctx_.Logits(0));
+}
+
+Status Server::DecodeStep() {
+  batch_.clear();
+  for (size_t s = 0; s < jobs_.size(); ++s) {
+    const std::optional<Job>& j = jobs_[s];
+    if (!j || j->prefilled < static_cast<int64_t>(j->gen.prompt_tokens().size())) continue;
+    const int64_t seq = static_cast<int64_t>(s);
+    batch_.push_back({j->gen.next_token(), static_cast<int32_t>(seq), ctx_.seq_len(seq), true});
+  }
+  if (batch_.empty()) return Status::Ok();
+  const Status s = ctx_.Decode(batch_);
+  for (size_t i = 0; i < batch_.size(); ++i) {
+    const int64_t seq = batch_[i].seq;
+    RETURN_IF_ERROR(s.ok() ? Advance(seq, ctx_.Logits(static_cast<int64_t>(i))) : End(seq, s));
+  }
+  return Status::Ok();
+}
+
+Status Server::Advance(int64_t seq, std::span<const float> logits) {
+  Job& job = *jobs_[static_cast<size_t>(seq)];
+  Status write_status;  // a failed write to the channel ends the server, not just the job
+  StatusOr<bool> more = false;
+  try {  // the job's text and events allocate: an allocation failure fails the job
+    more = job.gen.Next(logits, [&](int32_t token, std::string_view text) {
+      write_status = WriteAll(fd_, TokenEvent(job.id, token, text));
+      return write_status;
+    });
+  } catch (const std::exception& e) {
+    more = Status::Error(std::string("internal error: ") + e.what());
+  }
+  RETURN_IF_ERROR(write_status);
+  if (more.ok() && *more) return Status::Ok();
+  return End(seq, more.status());
+}
+
+Status Server::End(int64_t seq, const Status& status) {
+  std::optional<Job>& slot = jobs_[static_cast<size_t>(seq)];
+  const std::string id = std::move(slot->id);
+  const GenerateResult result = slot->gen.Finish();
+  slot.reset();
+  ++finished_;
+  if (!status.ok()) {
+    Log(ShortId(id) + " failed: " + status.message());
+    return WriteAll(fd_, ErrorEvent(id, status.message()));
+  }
+  RETURN_IF_ERROR(WriteAll(fd_, DoneEvent(id, result)));
+  Log(ShortId(id) + ": " + std::to_string(result.prompt_tokens.size()) + " prompt tokens, " +
+      std::to_string(result.tokens.size()) + " generated, " +
+      std::to_string(static_cast<int64_t>(result.tokens_per_s())) + " tok/s");
+  return Status::Ok();
 }
 
 }  // namespace
@@ -50,94 +336,7 @@ Status Serve(Context& ctx, int channel_fd) {
   // A client that hangs up must turn into EPIPE from write(), not a signal
   // that kills the process before it can log why.
   ::signal(SIGPIPE, SIG_IGN);
-
-  const Model& model = ctx.model();
-  ProtocolLimits limits;
-  limits.max_tokens = ctx.n_ctx();
-  // The chat template is recognised once; chat jobs get its error when the
-  // model has none this runtime renders.
-  const StatusOr<ChatTemplate> chat_template = ChatTemplate::FromGguf(model.gguf());
-  Log("tokenizer: " + model.tokenizer().Describe() + "; chat template: " +
-      (chat_template.ok() ? chat_template->name() : "unavailable: " + chat_template.status().message()));
-  RETURN_IF_ERROR(WriteAll(channel_fd, ReadyEvent(model.name(), model.config().n_vocab)));
-  Log("ready: serving jobs on fd " + std::to_string(channel_fd));
-
-  LineReader reader;
-  std::vector<LineReader::Item> items;
-  std::vector<char> buf(64 * 1024);
-  uint64_t jobs = 0;
-  for (;;) {
-    const ssize_t n = ::read(channel_fd, buf.data(), buf.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) {
-        RETURN_IF_ERROR(WaitFor(channel_fd, POLLIN, "reading"));
-        continue;
-      }
-      return PosixError("read channel");
-    }
-    if (n == 0) {
-      if (reader.InLine()) Log("channel closed in the middle of a request line; the partial line is dropped");
-      return Status::Error("channel closed (EOF) without a shutdown request after " + std::to_string(jobs) + " jobs");
-    }
-    items.clear();
-    reader.Feed(std::string_view(buf.data(), static_cast<size_t>(n)), &items);
-    for (size_t i = 0; i < items.size(); ++i) {
-      const LineReader::Item& item = items[i];
-      if (item.kind == LineReader::Item::Kind::kOversize) {
-        Log("request line longer than " + std::to_string(LineReader::kMaxLine) + " bytes refused");
-        RETURN_IF_ERROR(WriteAll(channel_fd, ErrorEvent(std::nullopt, "request line exceeds " +
-                                                                          std::to_string(LineReader::kMaxLine) +
-                                                                          " bytes")));
-        continue;
-      }
-      if (item.line.find_first_not_of(" \t") == std::string::npos) continue;  // blank line
-      const ParsedRequest req = ParseRequest(item.line, limits);
-      if (req.kind == ParsedRequest::Kind::kError) {
-        Log("bad request: " + req.error);
-        RETURN_IF_ERROR(WriteAll(channel_fd, ErrorEvent(req.id, req.error)));
-        continue;
-      }
-      if (req.kind == ParsedRequest::Kind::kShutdown) {
-        if (i + 1 < items.size() || reader.InLine()) Log("requests after the shutdown request are dropped");
-        RETURN_IF_ERROR(WriteAll(channel_fd, ShutdownEvent()));
-        Log("shutdown requested after " + std::to_string(jobs) + " jobs");
-        return Status::Ok();
-      }
-
-      const GenerateRequest& g = req.generate;
-      Status write_status;  // a failed write to the channel ends the server, not just the job
-      TokenCallback on_token = [&](int32_t token, std::string_view text) -> Status {
-        write_status = WriteAll(channel_fd, TokenEvent(g.id, token, text));
-        return write_status;
-      };
-      GenerateParams params;
-      params.max_tokens = g.max_tokens;
-      params.sampling = g.sampling;
-      StatusOr<GenerateResult> result = Status::Error("not run");
-      try {
-        if (req.kind == ParsedRequest::Kind::kChat) {
-          result = chat_template.ok() ? GenerateChat(ctx, *chat_template, g.messages, params, on_token)
-                                      : StatusOr<GenerateResult>(chat_template.status());
-        } else {
-          result = Generate(ctx, g.prompt, params, on_token);
-        }
-      } catch (const std::exception& e) {  // allocation failure: answer it, keep serving
-        result = Status::Error(std::string("internal error: ") + e.what());
-      }
-      RETURN_IF_ERROR(write_status);
-      ++jobs;
-      if (!result.ok()) {
-        Log("job '" + g.id.substr(0, 64) + "' failed: " + result.status().message());
-        RETURN_IF_ERROR(WriteAll(channel_fd, ErrorEvent(g.id, result.status().message())));
-        continue;
-      }
-      RETURN_IF_ERROR(WriteAll(channel_fd, DoneEvent(g.id, *result)));
-      Log("job '" + g.id.substr(0, 64) + "': " + std::to_string(result->prompt_tokens.size()) + " prompt tokens, " +
-          std::to_string(result->tokens.size()) + " generated, " + std::to_string(static_cast<int64_t>(result->tokens_per_s())) +
-          " tok/s");
-    }
-  }
+  return Server(ctx, channel_fd).Run();
 }
 
 }  // namespace appliance::runtime

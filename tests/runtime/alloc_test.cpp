@@ -1,11 +1,13 @@
 // Decoding a token must not allocate: this binary replaces the global
 // operator new/delete with counting versions (its own executable, so no other
-// test is affected) and counts allocations around single-token Eval() calls.
+// test is affected) and counts allocations around single-token Eval() calls
+// and around multi-sequence decode steps (one token of each sequence).
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <new>
+#include <vector>
 
 #include "runtime/context.h"
 #include "runtime/model.h"
@@ -62,6 +64,32 @@ TEST(Decode, AllocatesNothingPerToken) {
       }
       EXPECT_EQ(g_allocations.load() - before, 0) << name << " threads " << threads;
     }
+  }
+}
+
+TEST(Decode, AllocatesNothingPerMultiSequenceStep) {
+  for (const char* name : {"stories260K.gguf", "synth-d256-q4_k_m.gguf"}) {
+    auto m = Model::LoadPath(testing::ModelPath(name));
+    ASSERT_TRUE(m.ok()) << m.status().message();
+    ContextOptions o;
+    o.n_threads = 2;
+    o.n_seq = 8;
+    auto ctx = Context::Create(**m, o);
+    ASSERT_TRUE(ctx.ok()) << ctx.status().message();
+    std::vector<BatchToken> batch;
+    for (int32_t s = 0; s < 8; ++s) {
+      for (int64_t p = 0; p < 3 + s; ++p) batch.push_back({static_cast<int32_t>(260 + s + p), s, p, p == 2 + s});
+    }
+    ASSERT_TRUE((*ctx)->Decode(batch).ok());
+    batch.resize(8);
+    const long before = g_allocations.load();
+    for (int32_t t = 0; t < 32; ++t) {
+      for (int32_t s = 0; s < 8; ++s) {
+        batch[static_cast<size_t>(s)] = {static_cast<int32_t>(300 + t), s, (*ctx)->seq_len(s), true};
+      }
+      ASSERT_TRUE((*ctx)->Decode(batch).ok());
+    }
+    EXPECT_EQ(g_allocations.load() - before, 0) << name;
   }
 }
 

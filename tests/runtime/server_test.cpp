@@ -1,5 +1,7 @@
 // The job server over a socketpair: a real generate job on stories260K, bad
-// requests answered with errors while serving continues, shutdown, EOF.
+// requests answered with errors while serving continues, shutdown, EOF, and
+// concurrent jobs: interleaved, queued beyond the job limit, each with the
+// tokens it gets alone.
 #include "runtime/server.h"
 
 #include <fcntl.h>
@@ -11,7 +13,9 @@
 #include <unistd.h>
 
 #include <future>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "base/fd.h"
@@ -69,12 +73,22 @@ Reference LoadReference() {
 
 class ServerTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    auto m = Model::LoadPath(testing::ModelPath("stories260K.gguf"));
+  void SetUp() override { Start("stories260K.gguf", 4); }
+
+  // Serves `model` with up to `max_jobs` jobs at once (restarting the server
+  // when one runs).
+  void Start(const std::string& model, int64_t max_jobs) {
+    if (result_.valid()) {
+      client_fd_.reset();
+      (void)result_.get();
+    }
+    ctx_.reset();
+    auto m = Model::LoadPath(testing::ModelPath(model));
     ASSERT_TRUE(m.ok()) << m.status().message();
     model_ = std::move(*m);
     ContextOptions o;
     o.n_threads = 2;
+    o.n_seq = max_jobs;
     auto c = Context::Create(*model_, o);
     ASSERT_TRUE(c.ok());
     ctx_ = std::move(*c);
@@ -166,6 +180,190 @@ TEST_F(ServerTest, PeerGoneMidJobEndsTheServer) {
   const Status s = result_.get();
   ASSERT_FALSE(s.ok());
   EXPECT_THAT(s.message(), HasSubstr("write channel"));
+}
+
+// Every event until (and including) the shutdown event, or until `jobs`
+// jobs have ended; a timeout or EOF ends the list too (and fails the test).
+std::vector<Json> Collect(Client& c, size_t jobs = SIZE_MAX) {
+  std::vector<Json> events;
+  size_t ended = 0;
+  for (;;) {
+    Json ev = c.Next();
+    events.push_back(ev);
+    const std::string kind = ev["event"];
+    if (kind == "timeout" || kind == "closed") {
+      ADD_FAILURE() << "channel " << kind;
+      return events;
+    }
+    if (kind == "shutdown") return events;
+    if ((kind == "done" || kind == "error") && !ev["id"].is_null() && ++ended == jobs) return events;
+  }
+}
+
+Json Job(const std::string& id, const std::string& prompt, int max_tokens) {
+  return {{"id", id}, {"op", "generate"}, {"prompt", prompt}, {"max_tokens", max_tokens}, {"temperature", 0}};
+}
+
+// Per job id: its token events' ids, in order, checked against its done
+// event (exactly one, after every token event).
+std::map<std::string, std::vector<int32_t>> TokensByJob(const std::vector<Json>& events) {
+  std::map<std::string, std::vector<int32_t>> streamed, done;
+  for (const Json& ev : events) {
+    if (ev["event"] == "token") {
+      const std::string id = ev["id"];
+      EXPECT_EQ(done.count(id), 0u) << "token after done: " << ev.dump();
+      streamed[id].push_back(ev["token"].get<int32_t>());
+    } else if (ev["event"] == "done") {
+      const std::string id = ev["id"];
+      EXPECT_EQ(done.count(id), 0u) << "second done: " << ev.dump();
+      done[id] = ev["tokens"].get<std::vector<int32_t>>();
+      EXPECT_EQ(ev["n_tokens"].get<size_t>(), done[id].size());
+    }
+  }
+  for (const auto& [id, tokens] : done) EXPECT_EQ(streamed[id], tokens) << id;
+  return done;
+}
+
+const char* const kPrompts[] = {"Once upon a time", "The cat", "Lily went to the park", "One day, a big dog",
+                                "Tom and Sue", "The sun was hot", "A little bird sang", "Mom said"};
+
+TEST_F(ServerTest, ConcurrentJobsInterleaveQueueAndEachEnd) {
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  // Six jobs for four sequences, a malformed line and a job that cannot fit
+  // the context in the middle, and the shutdown: all in one write.
+  std::string requests;
+  for (int i = 0; i < 6; ++i) {
+    requests += Job("j" + std::to_string(i), kPrompts[i], 24).dump() + "\n";
+    if (i == 2) requests += "{not json\n" + Job("huge", "Once upon a time", 2047).dump() + "\n";
+  }
+  c.Send(requests + R"({"op":"shutdown"})" "\n");
+  const std::vector<Json> events = Collect(c);
+  ASSERT_EQ(events.back(), Json::parse(R"({"event":"shutdown"})"));
+  EXPECT_TRUE(result_.get().ok());
+
+  const auto done = TokensByJob(events);
+  EXPECT_EQ(done.size(), 6u);
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(done.count("j" + std::to_string(i)), 1u) << i;
+  int malformed = 0, huge = 0;
+  for (const Json& ev : events) {
+    if (ev["event"] != "error") continue;
+    if (ev["id"].is_null()) {
+      EXPECT_EQ(ev["error"], "malformed request: not valid JSON");
+      ++malformed;
+    } else {
+      EXPECT_EQ(ev["id"], "huge");
+      EXPECT_THAT(ev["error"].get<std::string>(), HasSubstr("exceeds the context size 2048"));
+      ++huge;
+    }
+  }
+  EXPECT_EQ(malformed, 1);
+  EXPECT_EQ(huge, 1);
+  // At most four jobs between their first token and their done event; the
+  // first four interleave; j4 and j5 wait for a sequence.
+  std::set<std::string> running;
+  size_t max_running = 0, interleaved = 0;
+  std::string last_token_id;
+  for (const Json& ev : events) {
+    if (ev["event"] == "token") {
+      running.insert(ev["id"].get<std::string>());
+      if (!last_token_id.empty() && ev["id"] != last_token_id) ++interleaved;
+      last_token_id = ev["id"];
+    } else if (ev["event"] == "done") {
+      running.erase(ev["id"].get<std::string>());
+    }
+    max_running = std::max(max_running, running.size());
+  }
+  EXPECT_EQ(max_running, 4u);
+  EXPECT_GT(interleaved, 20u);
+}
+
+// More jobs than sequences and queue places together: the channel is read as
+// the queue drains, and every job ends.
+TEST_F(ServerTest, QueuesBeyondTheJobLimitAndDropsNothing) {
+  Start("stories260K.gguf", 1);
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  std::string jobs;
+  for (int i = 0; i < 100; ++i) jobs += Job("q" + std::to_string(i), kPrompts[i % 8], 2).dump() + "\n";
+  c.Send(jobs + R"({"op":"shutdown"})" "\n");
+  const std::vector<Json> events = Collect(c);
+  ASSERT_EQ(events.back()["event"], "shutdown");
+  EXPECT_TRUE(result_.get().ok());
+  const auto done = TokensByJob(events);
+  EXPECT_EQ(done.size(), 100u);
+  // One sequence: jobs run one after another, in order.
+  std::vector<std::string> order;
+  for (const Json& ev : events) {
+    if (ev["event"] == "done") order.push_back(ev["id"]);
+  }
+  for (size_t i = 0; i < order.size(); ++i) EXPECT_EQ(order[i], "q" + std::to_string(i));
+}
+
+// With greedy sampling a job's tokens do not depend on what else runs: the
+// same eight prompts give the same ids one at a time and all together.
+TEST_F(ServerTest, GreedyTokensAreTheSameAloneAndBesideSevenOthers) {
+  Start("stories260K.gguf", 8);
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  std::map<std::string, std::vector<int32_t>> alone;
+  for (int i = 0; i < 8; ++i) {
+    c.Send(Job("a" + std::to_string(i), kPrompts[i], 40).dump() + "\n");
+    const auto done = TokensByJob(Collect(c, 1));
+    ASSERT_EQ(done.size(), 1u);
+    alone[std::to_string(i)] = done.begin()->second;
+  }
+  std::string all;
+  for (int i = 0; i < 8; ++i) all += Job("b" + std::to_string(i), kPrompts[i], 40).dump() + "\n";
+  c.Send(all);
+  const auto together = TokensByJob(Collect(c, 8));
+  ASSERT_EQ(together.size(), 8u);
+  for (int i = 0; i < 8; ++i) {
+    EXPECT_EQ(together.at("b" + std::to_string(i)), alone.at(std::to_string(i))) << kPrompts[i];
+  }
+  c.Send(R"({"op":"shutdown"})" "\n");
+  EXPECT_EQ(c.Next()["event"], "shutdown");
+  EXPECT_TRUE(result_.get().ok());
+}
+
+// A shutdown while jobs run: the running and the queued jobs finish, a job
+// sent after the shutdown is refused, then the shutdown event.
+TEST_F(ServerTest, ShutdownLetsAcceptedJobsFinish) {
+  Start("stories260K.gguf", 2);
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  std::string jobs;
+  for (int i = 0; i < 3; ++i) jobs += Job("s" + std::to_string(i), kPrompts[i], 200).dump() + "\n";
+  c.Send(jobs);
+  std::vector<Json> events = {c.Next()};
+  ASSERT_EQ(events[0]["event"], "token");
+  c.Send(R"({"op":"shutdown"})" "\n" + Job("late", "The cat", 5).dump() + "\n");
+  for (Json& ev : Collect(c)) events.push_back(std::move(ev));
+  ASSERT_EQ(events.back()["event"], "shutdown");
+  EXPECT_TRUE(result_.get().ok());
+  const auto done = TokensByJob(events);
+  EXPECT_EQ(done.size(), 3u);
+  size_t refused = 0;
+  for (const Json& ev : events) {
+    if (ev["event"] == "error") {
+      EXPECT_EQ(ev, Json::parse(R"({"id":"late","event":"error","error":"the server is shutting down"})"));
+      ++refused;
+    }
+  }
+  EXPECT_EQ(refused, 1u);
+}
+
+// EOF with jobs accepted: they finish (the client may still read), then the
+// server reports the EOF.
+TEST_F(ServerTest, EofLetsAcceptedJobsFinishThenFails) {
+  Client c(client_fd_.get());
+  EXPECT_EQ(c.Next()["event"], "ready");
+  c.Send(Job("e0", "The cat", 8).dump() + "\n" + Job("e1", "Mom said", 8).dump() + "\n");
+  ASSERT_EQ(::shutdown(client_fd_.get(), SHUT_WR), 0);
+  EXPECT_EQ(TokensByJob(Collect(c, 2)).size(), 2u);
+  const Status s = result_.get();
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "channel closed (EOF) without a shutdown request after 2 jobs");
 }
 
 TEST(WriteAll, HandlesPartialWritesOnANonBlockingFd) {
