@@ -37,6 +37,7 @@
 #include "base/mapped_file.h"
 #include "base/status.h"
 #include "runtime/gguf.h"
+#include "runtime/model.h"
 #include "runtime/tensor_type.h"
 
 namespace appliance::bench {
@@ -251,8 +252,10 @@ Status WriteModel(const Preset& p, const std::string& vocab_path, uint64_t seed,
   ASSIGN_OR_RETURN(MappedFile vocab_file, MappedFile::Open(vocab_path));
   ASSIGN_OR_RETURN(GgufFile vocab, GgufFile::Parse(vocab_file.bytes()));
   const GgufValue* tokens = vocab.Find("tokenizer.ggml.tokens");
-  if (tokens == nullptr || tokens->type != GgufValueType::kArray || tokens->count == 0) {
-    return Status::Error(vocab_path + ": no tokenizer.ggml.tokens array to copy");
+  if (tokens == nullptr || tokens->type != GgufValueType::kArray || tokens->count == 0 ||
+      tokens->count > static_cast<uint64_t>(runtime::Model::kMaxVocab)) {
+    return Status::Error(vocab_path + ": no tokenizer.ggml.tokens array of 1.." +
+                         std::to_string(runtime::Model::kMaxVocab) + " tokens to copy");
   }
   const uint64_t n_vocab = tokens->count;
   ASSIGN_OR_RETURN(std::vector<TensorPlan> plan, PlanTensors(p, n_vocab));
