@@ -71,6 +71,9 @@ double Median(std::vector<double> v) {
 constexpr double kRefPp512 = 1046, kRefTg = 346, kRefBandwidthGbS = 31;
 constexpr const char* kRefModel = "bench-d768-q4_k_m";
 
+// The short prompt of tg and of every concurrent job.
+constexpr const char* kPrompt = "Once upon a time";
+
 struct Options {
   std::string model;
   int threads = static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, 16u));  // as appliance-runtime
@@ -225,7 +228,7 @@ StatusOr<double> ConcurrentRound(JobClient& client, int jobs, int64_t max_tokens
   for (int i = 0; i < jobs; ++i) {
     requests += Json{{"op", "generate"},
                      {"id", "r" + std::to_string(round) + "j" + std::to_string(i)},
-                     {"prompt", "Once upon a time"},
+                     {"prompt", kPrompt},
                      {"max_tokens", max_tokens},
                      {"temperature", 0}}
                     .dump() +
@@ -314,12 +317,12 @@ Status Run(const Options& o) {
   ASSIGN_OR_RETURN(std::unique_ptr<Context> ctx, Context::Create(*model, copts));
   const int64_t n_vocab = model->config().n_vocab;
 
-  // Inputs: pp random in-vocab ids (seeded); tg's short prompt as a job's.
+  // Inputs: pp random in-vocab ids (seeded); tg's prompt tokenized as a job's.
   std::mt19937 rng(1);
   std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(n_vocab - 1));
   std::vector<int32_t> pp_tokens(static_cast<size_t>(o.pp));
   for (int32_t& t : pp_tokens) t = id(rng);
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, model->tokenizer().Encode("Once upon a time", model->tokenizer().add_bos()));
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, model->tokenizer().Encode(kPrompt, model->tokenizer().add_bos()));
   if (o.pp > ctx->n_ctx() || static_cast<int64_t>(prompt.size()) + o.tg > ctx->n_ctx()) {
     return Status::Error("--pp or prompt + --tg exceed the context size " + std::to_string(ctx->n_ctx()));
   }
