@@ -17,7 +17,7 @@ constexpr int64_t kPanelRows = 64;
 // (TypeKernels::sgemm_min_rows). The tiled integer kernels (AVX-512) always
 // win: CPU time per multiply-add on one core, Q4_K 768x768, they run at ~32
 // GMAC/s for 1 row, ~74 for 8, ~70 for 512, where dequantize + OpenBLAS sgemm
-// reaches ~19 for 16 rows and ~38 for 512; and they give the same logits for
+// reaches ~35 for 16 rows and ~38 for 512; and they give the same logits for
 // a prompt as for decoding it token by token.
 // Below this many multiply-adds a job runs on the calling thread: waking the
 // workers costs more than the work (stories260K's matrices are all below it).

@@ -42,7 +42,14 @@ void ThreadPool::RunTasks(uint32_t generation, int thread) {
   for (;;) {
     if (static_cast<uint32_t>(v >> 32) != generation) return;  // a later job already started
     const uint32_t task = static_cast<uint32_t>(v);
-    const uint32_t n_tasks = n_tasks_.load(std::memory_order_relaxed);
+    // The task count must be this job's: Run() publishes the next job's
+    // count before its claim word, so a thread that read a finished job's
+    // claim word and then the next job's (larger) count would otherwise
+    // claim a task past the end of the finished job, run the next job's
+    // function on it and count it among the next job's done tasks.
+    const uint64_t count = tasks_.load(std::memory_order_acquire);
+    if (static_cast<uint32_t>(count >> 32) != generation) return;
+    const uint32_t n_tasks = static_cast<uint32_t>(count);
     if (task >= n_tasks) return;
     if (!claim_.compare_exchange_weak(v, v + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
     // The claimed task keeps the job (and job_) alive until done_ counts it.
@@ -75,7 +82,7 @@ void ThreadPool::Run(int64_t n_tasks, TaskFn fn) {
   const uint32_t n = static_cast<uint32_t>(n_tasks);
   const uint32_t gen = ++last_generation_;
   job_ = &fn;
-  n_tasks_.store(n, std::memory_order_relaxed);
+  tasks_.store(static_cast<uint64_t>(gen) << 32 | n, std::memory_order_release);
   done_.store(0, std::memory_order_relaxed);
   claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);  // publishes the job
   generation_.store(gen, std::memory_order_release);

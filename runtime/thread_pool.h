@@ -2,8 +2,9 @@
 //
 // Run(n_tasks, fn) calls fn(task, thread) for every task in [0, n_tasks) on
 // the caller plus the workers and returns when all are done. Tasks are claimed
-// one at a time from a counter tagged with the job's generation, so a worker
-// that wakes late can never claim a task of a later job, and the caller waits
+// one at a time from a counter tagged with the job's generation (and checked
+// against a task count tagged likewise), so a worker that wakes late can never
+// claim a task of a later job, and the caller waits
 // only for tasks someone actually claimed: when the machine is oversubscribed
 // and a worker is not scheduled, the caller simply runs every task itself.
 // Callers make each task's result independent of the thread that runs it
@@ -70,7 +71,7 @@ class ThreadPool {
   // The current job. job_ is written before claim_ is published (release) and
   // only read by a thread that has claimed one of the job's tasks.
   const TaskFn* job_ = nullptr;
-  std::atomic<uint32_t> n_tasks_{0};
+  std::atomic<uint64_t> tasks_{0};       // generation << 32 | number of tasks
   std::atomic<uint64_t> claim_{0};       // generation << 32 | next task index
   std::atomic<uint32_t> done_{0};        // tasks of the current job finished
   std::atomic<uint32_t> generation_{0};  // futex word sleeping workers wait on

@@ -29,6 +29,25 @@ TEST(ThreadPool, RunsEveryTaskExactlyOnce) {
   }
 }
 
+// Back-to-back jobs of different sizes, as MatMulEngine issues them (a few
+// conversion tasks, then more row ranges): a worker still looking at the
+// previous job must not take the next job's larger task count for its own
+// (it would run a task twice and the caller would wait forever).
+TEST(ThreadPool, AlternatingJobSizes) {
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    std::vector<std::atomic<int>> hits(8);
+    for (int round = 0; round < 100000; ++round) {
+      const int64_t n = round % 2 == 0 ? threads : 8;
+      for (int64_t i = 0; i < n; ++i) hits[static_cast<size_t>(i)].store(0, std::memory_order_relaxed);
+      pool.For(n, [&](int64_t task, int) { hits[static_cast<size_t>(task)].fetch_add(1, std::memory_order_relaxed); });
+      for (int64_t i = 0; i < n; ++i) {
+        ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "round " << round << " task " << i;
+      }
+    }
+  }
+}
+
 TEST(ThreadPool, UsesTheWorkers) {
   ThreadPool pool(2);
   std::atomic<int> on_worker{0};
