@@ -7,9 +7,10 @@
 // sequences at different positions: every weight matrix is multiplied once
 // with all n tokens of the batch (MatMul with n rows), and each token attends
 // to its own sequence's cache. Eval() is the single-sequence form (sequence 0):
-// it appends tokens at positions n_past()... . A batch of n > 1 tokens goes
-// through the batched matrix path (one cblas_sgemm per weight panel), a single
-// token through the decode path (threaded matrix-vector products). Attention
+// it appends tokens at positions n_past()... . The matrix products are
+// MatMulEngine's (runtime/matmul.h): integer dot products on quantized
+// activations, or sgemm on dequantized panels, per type, ISA and row count
+// as measured there. Attention
 // is per run of consecutive tokens of one sequence: a run of one token takes
 // the decode path (threaded dot products against its cache), a longer run the
 // batched path (per-head GEMMs), so a token's attention arithmetic does not
@@ -20,9 +21,7 @@
 // Numerics follow llama.cpp's CPU backend: RMSNorm with a double sum, RoPE
 // angles by repeated multiplication in float, activations converted to each
 // weight's vec_dot_type before the product (8-bit blocks for the quantized
-// types: integer dot products when decoding; when batching, the quantized
-// activations in float against a weight panel dequantized to F32, one sgemm),
-// softmax with a double sum.
+// types), softmax with a double sum.
 // Results do not depend on the thread count: work is split into fixed chunks
 // whose arithmetic is the same whichever thread runs them.
 // Nor do they depend on the other sequences of a batch, except through the
