@@ -182,8 +182,8 @@ StatusOr<double> DecodeTokS(Context& ctx, std::span<const int32_t> prompt, int64
 
 // --- the job server ---
 
-// The one place that starts the server under test: continuous batching may
-// give Serve() an options argument (a max-jobs limit); adapt it here.
+// The one place that starts the server under test; it runs up to
+// ctx.n_seq() jobs at once (continuous batching).
 Status RunServer(Context& ctx, int channel_fd) { return runtime::Serve(ctx, channel_fd); }
 
 // The client end of the channel: request lines out, events in.
@@ -308,12 +308,16 @@ Status Run(const Options& o) {
   if (o.pp < 1 || o.tg < 1 || o.runs < 1) return Status::Error("--pp, --tg and --runs must be at least 1");
   if (o.bandwidth_mib < 1 || o.bandwidth_mib > (size_t{1} << 16)) return Status::Error("--bandwidth-mib out of range");
   for (int c : o.concurrency) {
-    if (c < 1 || c > 256) return Status::Error("--concurrency values must be in 1..256");
+    if (c < 1 || c > Context::kMaxSeqs) {
+      return Status::Error("--concurrency values must be in 1.." + std::to_string(Context::kMaxSeqs));
+    }
   }
   const std::vector<double> load_before = LoadAverage();
   ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::LoadPath(o.model));
   runtime::ContextOptions copts;
   copts.n_threads = o.threads;
+  // One KV cache slot per concurrent job: the server runs up to n_seq at once.
+  copts.n_seq = *std::max_element(o.concurrency.begin(), o.concurrency.end());
   ASSIGN_OR_RETURN(std::unique_ptr<Context> ctx, Context::Create(*model, copts));
   const int64_t n_vocab = model->config().n_vocab;
 
