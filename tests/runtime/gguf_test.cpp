@@ -289,6 +289,7 @@ TEST(Gguf, NamesAreEscapedInErrors) {
 // result or a clean error, never a crash (run under ASan/UBSan too).
 TEST(Gguf, SurvivesRandomCorruption) {
   const auto full = testing::ReadFile(testing::ModelPath("stories260K.gguf"));
+  ASSERT_GT(full.size(), 14176u) << "stories260K.gguf missing or short";
   Rng rng(2024);
   int parsed = 0, loaded = 0;
   for (int iter = 0; iter < 3000; ++iter) {
