@@ -51,6 +51,13 @@ constexpr int kMaxTileX = 8;
 // Weight rows per panel (in bytes): the panel stays in L1 while the groups
 // of kMaxTileX activation rows pass it.
 constexpr size_t kPanelBytes = 16 << 10;
+// How far ahead of the block being multiplied the weights are prefetched.
+// Decoding one sequence streams each weight once from DRAM; the hardware
+// prefetchers alone left a core at ~6 GB/s (half what a plain summing loop
+// gets), prefetching 8 KiB ahead lifted the 1B model's decode from 0.51 to
+// ~0.85 of the bandwidth ceiling. Rows are contiguous, so "ahead" runs on
+// into the next rows of the thread's range.
+constexpr uintptr_t kPrefetchBytes = 8192;
 
 APPLIANCE_AVX512 inline float F16(const uint8_t* p) { return _cvtsh_ss(LoadU16(p)); }
 
@@ -85,6 +92,26 @@ APPLIANCE_AVX512 inline __m512i QuarterIndex(short first) {
 
 // --- Q4_K / Q5_K ---
 
+// The 6-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K block,
+// unpacked from its 12 bytes as UnpackScalesMinsK4 does, in vector registers
+// (a dozen vector instructions instead of ~25 scalar ones and the moves).
+//   sc[j] = q[j] & 63,                       m[j] = q[j + 4] & 63        (j < 4)
+//   sc[j] = (q[j + 4] & 15) | (q[j - 4] >> 6) << 4,
+//   m[j]  = (q[j + 4] >> 4) | (q[j] >> 6) << 4                           (j >= 4)
+// `q` is read as 16 bytes; the 4 past the scales belong to the same block.
+APPLIANCE_AVX512 inline __m128i ScalesMinsK4(const uint8_t* q) {
+  const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
+  // Low bits: q[j] for sc j < 4, q[j + 4] everywhere else.
+  const __m128i low_src = _mm_shuffle_epi8(v, _mm_set_epi8(11, 10, 9, 8, 7, 6, 5, 4, 11, 10, 9, 8, 3, 2, 1, 0));
+  // The mins j >= 4 take the high nibble: shift their 32-bit lane down 4.
+  const __m128i low = _mm_and_si128(_mm_srlv_epi32(low_src, _mm_set_epi32(4, 0, 0, 0)),
+                                    _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f));
+  // High bits (j >= 4): the top two bits of q[j - 4] (scales) and q[j] (mins), moved to bits 4-5.
+  const __m128i high_src = _mm_shuffle_epi8(v, _mm_set_epi8(7, 6, 5, 4, -1, -1, -1, -1, 3, 2, 1, 0, -1, -1, -1, -1));
+  const __m128i high = _mm_and_si128(_mm_srli_epi16(high_src, 2), _mm_set1_epi8(0x30));
+  return _mm_or_si128(low, high);
+}
+
 // A super-block in 4 pieces of 64 elements: piece p is sub-blocks 2p (the low
 // nibbles of qs[32p, 32p + 32)) and 2p + 1 (their high nibbles), which is also
 // the order of the activations qs[64p, 64p + 64).
@@ -98,13 +125,11 @@ struct QK4 {
 
   template <int G>
   APPLIANCE_AVX512 static void Dot(const W& w, const X* const (&x)[G], Acc (&acc)[G]) {
-    const ScalesMinsK4 u = UnpackScalesMinsK4(w.scales);
-    const __m512i sc16 =
-        _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(_mm_cvtsi64_si128(static_cast<long long>(u.scales))));
+    const __m128i u = ScalesMinsK4(w.scales);
+    const __m512i sc16 = _mm512_cvtepu8_epi16(_mm256_zextsi128_si256(u));
     // m[s] in int16 lanes 2s and 2s + 1, to meet Q8_K's bsums[2s] and bsums[2s + 1].
-    const __m128i m_pairs = _mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(u.mins)),
-                                             _mm_set_epi8(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0));
-    const __m256i m16 = _mm256_cvtepu8_epi16(m_pairs);
+    const __m256i m16 = _mm256_cvtepu8_epi16(
+        _mm_shuffle_epi8(u, _mm_set_epi8(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8)));
     __m512i hbits = _mm512_setzero_si512();
     if constexpr (kFiveBit) hbits = Broadcast32(w.qh);
     __m512i sumi[G];
@@ -239,7 +264,14 @@ APPLIANCE_AVX512 void Tile(int64_t nb, const typename K::W* w, const uint8_t* x,
   const X* rows[G];
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) rows[g] = reinterpret_cast<const X*>(x + static_cast<size_t>(g) * x_stride);
+  // An address, not a pointer: it may lie past the end of the matrix, and a
+  // prefetch of it is harmless.
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kPrefetchBytes;
   for (int64_t b = 0; b < nb; ++b) {
+    const uintptr_t block_ahead = ahead + static_cast<uintptr_t>(b) * sizeof(typename K::W);
+    for (uintptr_t line = 0; line < sizeof(typename K::W); line += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(block_ahead + line), _MM_HINT_T0);
+    }
     const X* xb[G];
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) xb[g] = rows[g] + b;
