@@ -378,11 +378,10 @@ void Context::Forward(int64_t n, float* logits) {
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = W.layers[static_cast<size_t>(l)];
     RmsNorm(x_.data(), L.attn_norm, n, d, xn_.data());
-    MatMul(L.wq, xn_.data(), n, q_.data());
+    const MatMulEngine::Product qkv[] = {{&L.wq, q_.data()}, {&L.wk, k_.data()}, {&L.wv, v_.data()}};
+    matmul_.RunGroup(pool_, qkv, xn_.data(), n);
     AddBias(q_.data(), L.bq, n, c.q_dim());
-    MatMul(L.wk, xn_.data(), n, k_.data());
     AddBias(k_.data(), L.bk, n, k_dim);
-    MatMul(L.wv, xn_.data(), n, v_.data());
     AddBias(v_.data(), L.bv, n, v_dim);
     if (L.q_norm != nullptr) {
       // qwen3: every head of q and k normalized on its own (rows of head_dim_k).
@@ -403,8 +402,8 @@ void Context::Forward(int64_t n, float* logits) {
     for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
 
     RmsNorm(x_.data(), L.ffn_norm, n, d, xn_.data());
-    MatMul(L.w_gate, xn_.data(), n, gate_.data());
-    MatMul(L.w_up, xn_.data(), n, up_.data());
+    const MatMulEngine::Product gate_up[] = {{&L.w_gate, gate_.data()}, {&L.w_up, up_.data()}};
+    matmul_.RunGroup(pool_, gate_up, xn_.data(), n);
     for (int64_t i = 0; i < n * c.n_ff; ++i) {
       const float g = gate_[static_cast<size_t>(i)];
       gate_[static_cast<size_t>(i)] = g / (1.0f + std::exp(-g)) * up_[static_cast<size_t>(i)];  // SwiGLU

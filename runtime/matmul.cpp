@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <array>
 #include <new>
 
 #include "runtime/kernels/kernels.h"
@@ -56,40 +57,79 @@ Status MatMulEngine::Allocate(int64_t max_cols, int64_t max_n, int n_threads) {
 }
 
 void MatMulEngine::Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
-  const kernels::TypeKernels& k = *kernels::Find(w.type);
-  const bool parallel = w.rows * w.cols * n > kMinParallelWork;
-  if (k.sgemm_min_rows != 0 && n >= k.sgemm_min_rows) {
-    RunSgemm(pool, k, w, x, n, y, parallel);
+  const Product product{&w, y};
+  RunGroup(pool, std::span(&product, 1), x, n);
+}
+
+std::pair<const void*, size_t> MatMulEngine::ConvertActivations(ThreadPool& pool, const kernels::TypeKernels& k,
+                                                                const float* x, int64_t cols, int64_t n,
+                                                                bool parallel) {
+  if (k.vec_dot_type == TensorType::kF32) return {x, static_cast<size_t>(cols) * sizeof(float)};
+  const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
+  const size_t x_stride = kernels::RowBytes(k.vec_dot_type, cols);
+  uint8_t* xq = xq_.data();
+  auto convert = [&](int64_t t, int /*thread*/) {
+    const int64_t i1 = n * (t + 1) / pool.size();
+    for (int64_t i = n * t / pool.size(); i < i1; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+  };
+  if (parallel && n >= 2 * pool.size()) {
+    pool.For(pool.size(), convert);
+  } else {
+    for (int64_t i = 0; i < n; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+  }
+  return {xq, x_stride};
+}
+
+void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products, const float* x, int64_t n) {
+  const Matrix& w0 = *products[0].w;
+  const kernels::TypeKernels& k0 = *kernels::Find(w0.type);
+  bool shared = products.size() <= kMaxGroup;
+  int64_t work = 0;
+  for (const Product& p : products) {
+    const kernels::TypeKernels& k = *kernels::Find(p.w->type);
+    shared = shared && p.w->cols == w0.cols && k.vec_dot_type == k0.vec_dot_type &&
+             (k.sgemm_min_rows == 0 || n < k.sgemm_min_rows);
+    work += p.w->rows * p.w->cols * n;
+  }
+  if (!shared) {
+    for (const Product& p : products) {
+      const kernels::TypeKernels& k = *kernels::Find(p.w->type);
+      const bool parallel = p.w->rows * p.w->cols * n > kMinParallelWork;
+      if (k.sgemm_min_rows != 0 && n >= k.sgemm_min_rows) {
+        RunSgemm(pool, k, *p.w, x, n, p.y, parallel);
+      } else {
+        const Product one = p;
+        RunGroup(pool, std::span(&one, 1), x, n);
+      }
+    }
     return;
   }
-  const int64_t cols = w.cols;
-  const void* xv = x;
-  size_t x_stride = static_cast<size_t>(cols) * sizeof(float);
-  if (k.vec_dot_type != TensorType::kF32) {
-    // Activations are converted once per product, not once per weight row.
-    const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
-    x_stride = kernels::RowBytes(k.vec_dot_type, cols);
-    uint8_t* xq = xq_.data();
-    auto convert = [&](int64_t t, int /*thread*/) {
-      const int64_t i1 = n * (t + 1) / pool.size();
-      for (int64_t i = n * t / pool.size(); i < i1; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
-    };
-    if (parallel && n >= 2 * pool.size()) {
-      pool.For(pool.size(), convert);
-    } else {
-      for (int64_t i = 0; i < n; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
-    }
-    xv = xq;
+  const bool parallel = work > kMinParallelWork;
+  const int64_t cols = w0.cols;
+  // Activations are converted once for all the products, not once per weight row.
+  const auto [xv, x_stride] = ConvertActivations(pool, k0, x, cols, n, parallel);
+  // Per product, balanced contiguous row ranges; task t of the job is range
+  // t - first[i] of product i. Every output element is computed by gemm the
+  // same way whichever range (and thread) it falls in.
+  std::array<int64_t, kMaxGroup + 1> first{};
+  for (size_t i = 0; i < products.size(); ++i) {
+    const int64_t rows = products[i].w->rows;
+    first[i + 1] = first[i] + (parallel ? std::clamp<int64_t>(rows / kMinTaskRows, 1, kTasksPerThread * pool.size()) : 1);
   }
-  // Balanced contiguous row ranges. Every output element is computed by gemm
-  // the same way whichever range (and thread) it falls in.
-  const int64_t tasks = parallel ? std::clamp<int64_t>(w.rows / kMinTaskRows, 1, kTasksPerThread * pool.size()) : 1;
   auto task = [&](int64_t t, int /*thread*/) {
-    const int64_t r0 = w.rows * t / tasks;
-    const int64_t r1 = w.rows * (t + 1) / tasks;
-    k.gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, y + r0, w.rows);
+    size_t i = 0;
+    while (t >= first[i + 1]) ++i;
+    const Matrix& w = *products[i].w;
+    const int64_t tasks = first[i + 1] - first[i];
+    const int64_t r0 = w.rows * (t - first[i]) / tasks;
+    const int64_t r1 = w.rows * (t - first[i] + 1) / tasks;
+    kernels::Find(w.type)->gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, products[i].y + r0, w.rows);
   };
-  pool.For(tasks, task);
+  if (parallel) {
+    pool.For(first[products.size()], task);
+  } else {
+    for (int64_t t = 0; t < first[products.size()]; ++t) task(t, 0);
+  }
 }
 
 void MatMulEngine::RunSgemm(ThreadPool& pool, const kernels::TypeKernels& k, const Matrix& w, const float* x, int64_t n,

@@ -16,6 +16,8 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
@@ -37,7 +39,23 @@ class MatMulEngine {
   // thread runs it, so results do not depend on the pool's size.
   void Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y);
 
+  // Products of the same activations with several matrices (q, k and v; gate
+  // and up): y_i = x * w_i^T. On the integer route with a shared
+  // vec_dot_type the activations are converted once and all the products form
+  // one pool job, so a decode step pays one wake-up and one wait instead of
+  // one per matrix. Results are those of Run() on each product.
+  struct Product {
+    const Matrix* w;
+    float* y;
+  };
+  static constexpr size_t kMaxGroup = 4;
+  void RunGroup(ThreadPool& pool, std::span<const Product> products, const float* x, int64_t n);
+
  private:
+  // The activations converted to type's vec_dot_type (or x itself for F32):
+  // the pointer and the stride of a row.
+  std::pair<const void*, size_t> ConvertActivations(ThreadPool& pool, const kernels::TypeKernels& k, const float* x,
+                                                    int64_t cols, int64_t n, bool parallel);
   void RunSgemm(ThreadPool& pool, const kernels::TypeKernels& k, const Matrix& w, const float* x, int64_t n, float* y,
                 bool parallel);
 
