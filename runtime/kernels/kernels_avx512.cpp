@@ -270,7 +270,7 @@ APPLIANCE_AVX512 void Tile(int64_t nb, const typename K::W* w, const uint8_t* x,
   for (int64_t b = 0; b < nb; ++b) {
     const uintptr_t block_ahead = ahead + static_cast<uintptr_t>(b) * sizeof(typename K::W);
     for (uintptr_t line = 0; line < sizeof(typename K::W); line += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(block_ahead + line), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(block_ahead + line), _MM_HINT_T1);
     }
     const X* xb[G];
 #pragma GCC unroll 8
