@@ -2,7 +2,7 @@
 // bandwidth ceiling measured in the same run.
 //
 //   appliance-bench --model M [--threads N] [--json] [--pp 512] [--tg 128] [--runs 5]
-//                   [--concurrency 1,4,8] [--bandwidth-mib 2048]
+//                   [--concurrency 1,4,8] [--bandwidth-mib 2048] [--kv-type f32|f16]
 //
 // Figures (tokens per second; warm-up excluded; median of --runs runs):
 //   pp512_tok_s       prefill: --pp random in-vocab ids through Context::Eval
@@ -83,6 +83,7 @@ struct Options {
   int runs = 5;
   std::vector<int> concurrency = {1, 4, 8};
   size_t bandwidth_mib = 2048;
+  std::string kv_type = "f32";
 };
 
 // --- memory bandwidth ---
@@ -316,6 +317,7 @@ Status Run(const Options& o) {
   ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::LoadPath(o.model));
   runtime::ContextOptions copts;
   copts.n_threads = o.threads;
+  copts.kv_type = o.kv_type == "f16" ? runtime::TensorType::kF16 : runtime::TensorType::kF32;
   // One KV cache slot per concurrent job: the server runs up to n_seq at once.
   copts.n_seq = *std::max_element(o.concurrency.begin(), o.concurrency.end());
   ASSIGN_OR_RETURN(std::unique_ptr<Context> ctx, Context::Create(*model, copts));
@@ -355,6 +357,7 @@ Status Run(const Options& o) {
   j["model_name"] = model->name();
   j["isa"] = runtime::kernels::IsaName(runtime::kernels::CurrentIsa());
   j["threads"] = o.threads;
+  j["kv_type"] = o.kv_type;
   j["runs"] = o.runs;
   j["pp_tokens"] = o.pp;
   j["tg_tokens"] = o.tg;
@@ -381,8 +384,8 @@ Status Run(const Options& o) {
   }
   std::printf("model       %s (%s), %.1f MB read per token\n", o.model.c_str(), model->name().c_str(),
               static_cast<double>(model_bytes) / 1e6);
-  std::printf("kernels     %s, %d threads; median of %d runs after a warm-up; load %.2f -> %.2f\n",
-              j["isa"].get<std::string>().c_str(), o.threads, o.runs, load_before.empty() ? -1.0 : load_before[0],
+  std::printf("kernels     %s, %d threads, %s KV cache; median of %d runs after a warm-up; load %.2f -> %.2f\n",
+              j["isa"].get<std::string>().c_str(), o.threads, o.kv_type.c_str(), o.runs, load_before.empty() ? -1.0 : load_before[0],
               load_after.empty() ? -1.0 : load_after[0]);
   std::printf("pp%-8lld  %10.1f tok/s\n", static_cast<long long>(o.pp), pp_rate);
   std::printf("tg%-8lld  %10.1f tok/s\n", static_cast<long long>(o.tg), tg_rate);
@@ -415,6 +418,9 @@ int main(int argc, char** argv) {
   app.add_option("--runs", o.runs, "Timed runs per figure (the median is reported)")->capture_default_str();
   app.add_option("--concurrency", o.concurrency, "Concurrent job counts")->delimiter(',')->capture_default_str();
   app.add_option("--bandwidth-mib", o.bandwidth_mib, "Buffer summed for the bandwidth")->capture_default_str();
+  app.add_option("--kv-type", o.kv_type, "KV cache element type (f32 or f16)")
+      ->check(CLI::IsMember({"f32", "f16"}))
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   const appliance::Status s = Run(o);
   if (!s.ok()) {

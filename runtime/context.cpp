@@ -22,12 +22,15 @@ bool CheckedMul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_o
 
 }  // namespace
 
-Context::Context(const Model& model, int64_t n_ctx, int n_threads, int64_t max_batch, int64_t n_seq)
+Context::Context(const Model& model, int64_t n_ctx, int n_threads, int64_t max_batch, int64_t n_seq,
+                 TensorType kv_type)
     : model_(model),
       cfg_(model.config()),
       n_ctx_(n_ctx),
       max_batch_(max_batch),
       n_seq_(n_seq),
+      kv_type_(kv_type),
+      kv_elem_bytes_(kv_type == TensorType::kF16 ? 2 : 4),
       pool_(n_threads),
       seq_len_(static_cast<size_t>(n_seq), 0) {}
 
@@ -54,10 +57,13 @@ StatusOr<std::unique_ptr<Context>> Context::Create(const Model& model, const Con
     return Status::Error("batch size " + std::to_string(options.max_batch) + " is outside [" +
                          std::to_string(options.n_seq) + " (the sequence count), 8192]");
   }
+  if (options.kv_type != TensorType::kF32 && options.kv_type != TensorType::kF16) {
+    return Status::Error(std::string("KV cache type ") + TensorTypeName(options.kv_type) + " is not f32 or f16");
+  }
   ConfigureBlas();  // before the pool's threads start and before any GEMM
   // One batch holds at most n_ctx tokens of each sequence.
   const int64_t max_batch = std::min(options.max_batch, n_ctx * options.n_seq);
-  std::unique_ptr<Context> ctx(new Context(model, n_ctx, options.n_threads, max_batch, options.n_seq));
+  std::unique_ptr<Context> ctx(new Context(model, n_ctx, options.n_threads, max_batch, options.n_seq, options.kv_type));
   RETURN_IF_ERROR(ctx->Allocate());
   return ctx;
 }
@@ -71,7 +77,7 @@ Status Context::Allocate() {
       CheckedMul(static_cast<uint64_t>(c.n_layer) * static_cast<uint64_t>(n_seq_), static_cast<uint64_t>(n_ctx_),
                  &positions) &&
       CheckedMul(positions, static_cast<uint64_t>(c.k_dim()), &k_size) &&
-      CheckedMul(positions, static_cast<uint64_t>(c.v_dim()), &v_size) && k_size + v_size <= kMaxKvBytes / 4;
+      CheckedMul(positions, static_cast<uint64_t>(c.v_dim()), &v_size) && k_size + v_size <= kMaxKvBytes / kv_elem_bytes_;
   if (!kv_fits) {
     return Status::Error("KV cache for " + std::to_string(n_seq_) + " sequences x " + std::to_string(n_ctx_) +
                          " positions exceeds " + std::to_string(kMaxKvBytes >> 20) +
@@ -87,7 +93,8 @@ Status Context::Allocate() {
   const uint64_t per_token = static_cast<uint64_t>(2 * c.n_embd + c.q_dim() + c.k_dim() + c.v_dim() + c.attn_dim() +
                                                    2 * c.n_ff + c.n_rot) +
                              sizeof(BatchToken) / 4 + sizeof(Run) / 4;
-  const uint64_t per_thread = static_cast<uint64_t>(kQueryBlock * n_ctx_);
+  const int64_t kv_widened = kv_type_ == TensorType::kF32 ? 0 : n_ctx_ * std::max(c.head_dim_k, c.head_dim_v);
+  const uint64_t per_thread = static_cast<uint64_t>(kQueryBlock * n_ctx_ + kv_widened);
   const uint64_t scratch = 4 * (per_token * B + static_cast<uint64_t>(pool_.size()) * per_thread) +
                            MatMulEngine::ScratchBytes(max_cols, max_batch_, pool_.size());
   if (scratch > kMaxScratchBytes) {
@@ -97,8 +104,8 @@ Status Context::Allocate() {
   }
   // Not value-initialized: the pages of positions no sequence reaches are
   // never touched.
-  k_cache_.reset(new (std::nothrow) float[k_size]);
-  v_cache_.reset(new (std::nothrow) float[v_size]);
+  k_cache_.reset(new (std::nothrow) uint8_t[k_size * kv_elem_bytes_]);
+  v_cache_.reset(new (std::nothrow) uint8_t[v_size * kv_elem_bytes_]);
   if (!k_cache_ || !v_cache_) {
     return Status::Error("out of memory allocating the KV cache (" + std::to_string(n_seq_) + " sequences x " +
                          std::to_string(n_ctx_) + " positions)");
@@ -117,6 +124,8 @@ Status Context::Allocate() {
     rope_cache_.assign(B * static_cast<size_t>(c.n_rot), 0.0f);
     scores_.resize(static_cast<size_t>(pool_.size()));
     for (auto& s : scores_) s.assign(static_cast<size_t>(kQueryBlock * n_ctx_), 0.0f);
+    kv_widened_.resize(static_cast<size_t>(pool_.size()));
+    for (auto& w : kv_widened_) w.assign(static_cast<size_t>(kv_widened), 0.0f);
     // A decode step keeps one row per sequence: reserved so it allocates nothing.
     logits_.reserve(static_cast<size_t>(n_seq_ * c.n_vocab));
     logits_.assign(static_cast<size_t>(c.n_vocab), 0.0f);
@@ -264,12 +273,51 @@ void Context::Rope(float* x, int64_t n, int64_t n_heads) const {
 
 void Context::MatMul(const Matrix& w, const float* x, int64_t n, float* y) { matmul_.Run(pool_, w, x, n, y); }
 
-float* Context::KRow(int64_t layer, int64_t seq, int64_t pos) const {
-  return k_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.k_dim();
+uint8_t* Context::KRow(int64_t layer, int64_t seq, int64_t pos) const {
+  return k_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.k_dim() * static_cast<int64_t>(kv_elem_bytes_);
 }
 
-float* Context::VRow(int64_t layer, int64_t seq, int64_t pos) const {
-  return v_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.v_dim();
+uint8_t* Context::VRow(int64_t layer, int64_t seq, int64_t pos) const {
+  return v_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.v_dim() * static_cast<int64_t>(kv_elem_bytes_);
+}
+
+void Context::AttendBlock(const float* q, int64_t m, const uint8_t* kc, const uint8_t* vc, int64_t pos0, int64_t len,
+                          int thread, float* out) {
+  // S = Q K^T over every cached position the block can see, causal softmax
+  // per row, then O = P V. An F16 cache is widened to F32 first, one KV
+  // head's rows at a time (keys, then values into the same scratch).
+  const int64_t hk = cfg_.head_dim_k;
+  const int64_t hv = cfg_.head_dim_v;
+  const int64_t q_dim = cfg_.q_dim();
+  const int64_t a_dim = cfg_.attn_dim();
+  float* s = scores_[static_cast<size_t>(thread)].data();
+  const float* keys = reinterpret_cast<const float*>(kc);
+  const float* values = reinterpret_cast<const float*>(vc);
+  int64_t k_stride = cfg_.k_dim(), v_stride = cfg_.v_dim();
+  float* widened = kv_widened_[static_cast<size_t>(thread)].data();
+  const kernels::TypeKernels& f16 = *kernels::Find(TensorType::kF16);
+  if (kv_type_ == TensorType::kF16) {
+    for (int64_t t = 0; t < len; ++t) f16.to_float(kc + 2 * t * k_stride, widened + t * hk, hk);
+    keys = widened;
+    k_stride = hk;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(len), static_cast<int>(hk),
+              1.0f, q, static_cast<int>(q_dim), keys, static_cast<int>(k_stride), 0.0f, s, static_cast<int>(len));
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hk));
+  for (int64_t r = 0; r < m; ++r) {
+    float* row = s + r * len;
+    const int64_t visible = pos0 + r + 1;
+    kernels::Vec().softmax_f32(visible, row, scale);
+    std::fill(row + visible, row + len, 0.0f);
+  }
+  if (kv_type_ == TensorType::kF16) {
+    for (int64_t t = 0; t < len; ++t) f16.to_float(vc + 2 * t * v_stride, widened + t * hv, hv);
+    values = widened;
+    v_stride = hv;
+  }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(hv),
+              static_cast<int>(len), 1.0f, s, static_cast<int>(len), values, static_cast<int>(v_stride), 0.0f, out,
+              static_cast<int>(a_dim));
 }
 
 void Context::Attention(int64_t layer, int64_t n_runs) {
@@ -298,41 +346,37 @@ void Context::Attention(int64_t layer, int64_t n_runs) {
                                         [](int64_t v, const Run& x) { return v < x.task0; }) -
                        1);
     const int64_t local = t - run.task0;
-    const float* kc = KRow(layer, run.seq, 0);
-    const float* vc = VRow(layer, run.seq, 0);
-    float* s = scores_[static_cast<size_t>(thread)].data();
+    const uint8_t* kc = KRow(layer, run.seq, 0);
+    const uint8_t* vc = VRow(layer, run.seq, 0);
     if (run.m == 1) {
       // Decode: one query against the run's cache, threaded dot products.
       const int64_t h = local;
       const int64_t g = h / group;
       const int64_t len = run.pos0 + 1;
-      vec.dot_rows_f32(hk, q_.data() + run.i0 * q_dim + h * hk, kc + g * hk, k_dim, len, s);
-      vec.softmax_f32(len, s, scale);
+      float* s = scores_[static_cast<size_t>(thread)].data();
+      const float* q = q_.data() + run.i0 * q_dim + h * hk;
       float* out = att_.data() + run.i0 * a_dim + h * hv;
       std::fill(out, out + hv, 0.0f);
-      vec.axpy_rows_f32(hv, s, vc + g * hv, v_dim, len, out);
+      if (kv_type_ == TensorType::kF16) {
+        vec.dot_rows_f16(hk, q, reinterpret_cast<const uint16_t*>(kc) + g * hk, k_dim, len, s);
+        vec.softmax_f32(len, s, scale);
+        vec.axpy_rows_f16(hv, s, reinterpret_cast<const uint16_t*>(vc) + g * hv, v_dim, len, out);
+      } else {
+        vec.dot_rows_f32(hk, q, reinterpret_cast<const float*>(kc) + g * hk, k_dim, len, s);
+        vec.softmax_f32(len, s, scale);
+        vec.axpy_rows_f32(hv, s, reinterpret_cast<const float*>(vc) + g * hv, v_dim, len, out);
+      }
       return;
     }
-    // Batched: per (head, block of queries) S = Q K^T over every cached
-    // position the block can see, causal softmax per row, then O = P V.
+    // Batched: per (head, block of queries).
     const int64_t h = local % n_head;
     const int64_t b0 = (local / n_head) * kQueryBlock;  // first query of the block, within the run
     const int64_t m = std::min(kQueryBlock, run.m - b0);
     const int64_t g = h / group;
-    const int64_t len = run.pos0 + b0 + m;  // keys visible to the block's last query
-    const int64_t i0 = run.i0 + b0;         // the block's first row in the batch
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(len),
-                static_cast<int>(hk), 1.0f, q_.data() + i0 * q_dim + h * hk, static_cast<int>(q_dim), kc + g * hk,
-                static_cast<int>(k_dim), 0.0f, s, static_cast<int>(len));
-    for (int64_t r = 0; r < m; ++r) {
-      float* row = s + r * len;
-      const int64_t visible = run.pos0 + b0 + r + 1;
-      vec.softmax_f32(visible, row, scale);
-      std::fill(row + visible, row + len, 0.0f);
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(hv),
-                static_cast<int>(len), 1.0f, s, static_cast<int>(len), vc + g * hv, static_cast<int>(v_dim), 0.0f,
-                att_.data() + i0 * a_dim + h * hv, static_cast<int>(a_dim));
+    const int64_t i0 = run.i0 + b0;  // the block's first row in the batch
+    AttendBlock(q_.data() + i0 * q_dim + h * hk, m, kc + g * hk * static_cast<int64_t>(kv_elem_bytes_),
+                vc + g * hv * static_cast<int64_t>(kv_elem_bytes_), run.pos0 + b0, run.pos0 + b0 + m, thread,
+                att_.data() + i0 * a_dim + h * hv);
   };
   if (work > 2 * kMinParallelWork) {
     pool_.For(tasks, task);
@@ -356,6 +400,7 @@ void Context::Forward(int64_t n, float* logits) {
   }
 
   const kernels::TypeKernels& embd = *kernels::Find(W.token_embd.type);
+  const kernels::TypeKernels& kv = *kernels::Find(kv_type_);  // stores K and V rows
   for (int64_t i = 0; i < n; ++i) {
     embd.to_float(W.token_embd.row(batch_[static_cast<size_t>(i)].token), x_.data() + i * d, d);
   }
@@ -393,8 +438,8 @@ void Context::Forward(int64_t n, float* logits) {
     // Each run's K and V rows go to its sequence's cache: [pos][k_dim / v_dim].
     for (int64_t r = 0; r < n_runs; ++r) {
       const Run& run = runs_[static_cast<size_t>(r)];
-      std::copy_n(k_.data() + run.i0 * k_dim, run.m * k_dim, KRow(l, run.seq, run.pos0));
-      std::copy_n(v_.data() + run.i0 * v_dim, run.m * v_dim, VRow(l, run.seq, run.pos0));
+      kv.from_float(k_.data() + run.i0 * k_dim, KRow(l, run.seq, run.pos0), run.m * k_dim);
+      kv.from_float(v_.data() + run.i0 * v_dim, VRow(l, run.seq, run.pos0), run.m * v_dim);
     }
     Attention(l, n_runs);
     MatMul(L.wo, att_.data(), n, xn_.data());

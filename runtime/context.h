@@ -1,5 +1,5 @@
-// Inference state for n_seq() sequences: one F32 KV cache slot of n_ctx()
-// positions per sequence, scratch buffers, the thread pool, and the forward
+// Inference state for n_seq() sequences: one KV cache slot of n_ctx()
+// positions per sequence (F32, or F16 at half the memory: kv_type), scratch buffers, the thread pool, and the forward
 // pass of every architecture Model loads (llama, qwen2, qwen3: see model.h
 // for what differs).
 //
@@ -47,6 +47,11 @@ struct ContextOptions {
   int n_threads = 1;
   int64_t max_batch = 512;  // tokens per batched forward (longer inputs are split); >= n_seq
   int64_t n_seq = 1;        // sequences with their own KV cache slot, [1, kMaxSeqs]
+  // Element type of the KV cache: kF32 (the default: exact, what the
+  // reference outputs used) or kF16 (half the memory and half the bytes
+  // attention reads; llama.cpp's default, moving logits by ~1e-3 relative).
+  // Keys and values are rounded once when stored; attention arithmetic is F32.
+  TensorType kv_type = TensorType::kF32;
 };
 
 // One token of a Decode() batch: appended to sequence `seq` at position `pos`.
@@ -77,6 +82,7 @@ class Context {
   int64_t n_seq() const { return n_seq_; }
   int64_t max_batch() const { return max_batch_; }
   int n_threads() const { return pool_.size(); }
+  TensorType kv_type() const { return kv_type_; }
   // Positions of sequence 0 (the one Eval() extends).
   int64_t n_past() const { return seq_len_[0]; }
   // Positions held by a sequence, < n_seq().
@@ -111,7 +117,7 @@ class Context {
     int64_t task0 = 0;  // first attention task of the run (prefix sum over runs)
   };
 
-  Context(const Model& model, int64_t n_ctx, int n_threads, int64_t max_batch, int64_t n_seq);
+  Context(const Model& model, int64_t n_ctx, int n_threads, int64_t max_batch, int64_t n_seq, TensorType kv_type);
   Status Allocate();
 
   // One checked batch of n <= max_batch tokens (batch_[0..n)); writes the
@@ -129,21 +135,27 @@ class Context {
   // y[i][j] += bias[j] for n rows of dim (no-op when bias is null).
   static void AddBias(float* y, const float* bias, int64_t n, int64_t dim);
 
-  // Start of the KV cache rows of (layer, seq, pos).
-  float* KRow(int64_t layer, int64_t seq, int64_t pos) const;
-  float* VRow(int64_t layer, int64_t seq, int64_t pos) const;
+  // Start of the KV cache rows of (layer, seq, pos), elements of kv_type_.
+  uint8_t* KRow(int64_t layer, int64_t seq, int64_t pos) const;
+  uint8_t* VRow(int64_t layer, int64_t seq, int64_t pos) const;
+  // Scores (and output) of one attention query block against the cached keys
+  // and values kc, vc of one KV head: the batched path of Attention().
+  void AttendBlock(const float* q, int64_t m, const uint8_t* kc, const uint8_t* vc, int64_t pos0, int64_t len,
+                   int thread, float* out);
 
   const Model& model_;
   const LlamaConfig& cfg_;
   const int64_t n_ctx_;
   const int64_t max_batch_;
   const int64_t n_seq_;
+  const TensorType kv_type_;
+  const size_t kv_elem_bytes_;  // 4 or 2
   ThreadPool pool_;
 
   std::vector<int64_t> seq_len_;  // [n_seq]
-  // KV cache: [n_layer][n_seq][n_ctx][k_dim] and [n_layer][n_seq][n_ctx][v_dim],
-  // left uninitialized (positions are written before they are read).
-  std::unique_ptr<float[]> k_cache_, v_cache_;
+  // KV cache: [n_layer][n_seq][n_ctx][k_dim] and [n_layer][n_seq][n_ctx][v_dim]
+  // of kv_type_, left uninitialized (positions are written before they are read).
+  std::unique_ptr<uint8_t[]> k_cache_, v_cache_;
   // The batch being run: tokens [max_batch] and its runs [max_batch].
   std::vector<BatchToken> batch_;
   std::vector<Run> runs_;
@@ -153,8 +165,10 @@ class Context {
   std::vector<float> x_, xn_, q_, k_, v_, att_, gate_, up_;
   std::vector<float> rope_cache_;  // [max_batch][n_rot]: cos, sin pairs
   MatMulEngine matmul_;
-  // Per thread: attention scores.
+  // Per thread: attention scores; with an F16 cache also one KV head's
+  // keys, then values, widened to F32 for the batched path's GEMMs.
   std::vector<std::vector<float>> scores_;
+  std::vector<std::vector<float>> kv_widened_;
   std::vector<float> logits_;  // [n_logit_rows][n_vocab], capacity for n_seq rows
   int64_t n_logit_rows_ = 0;
 };

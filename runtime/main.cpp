@@ -2,16 +2,17 @@
 //
 //   generate --model M (--prompt P | --chat (--message ROLE:TEXT ... | --messages FILE)) --max-tokens N
 //            [--temperature T --top-p P --top-k K --min-p P --repeat-penalty R --frequency-penalty F
-//             --presence-penalty P --repeat-last-n N --seed S --threads N] [--json]
+//             --presence-penalty P --repeat-last-n N --seed S --threads N --kv-type f32|f16] [--json]
 //            --chat renders the messages with the model's chat template (tokenizer.chat_template) and
 //            generates the assistant's reply: --message ROLE:TEXT (ROLE system, user or assistant; split at
 //            the first ':'; repeat in order) and/or --messages FILE, a JSON array
 //            [{"role": "user", "content": "..."}, ...] (the file's messages come first)
 //   logits   --model M (--prompt P | --tokens ID,ID,...) [--top-k K] [--json]
 //   tokenize --model M --text T [--no-bos] [--json]
-//   serve    (--model PATH | --model-fd N) --channel-fd N [--threads N] [--max-jobs N]
+//   serve    (--model PATH | --model-fd N) --channel-fd N [--threads N] [--max-jobs N] [--kv-type f32|f16]
 //            --max-jobs: jobs decoded together (default 8), each with its own KV cache of the full
 //            context; further jobs queue in order
+//   --kv-type: the KV cache's element type, f32 (default) or f16 (half the memory; logits move by ~1e-3)
 //
 // Errors are printed once, here: "error: <message>" on stderr, exit code 1
 // (2 for a bad command line). In serve mode every stderr line carries the
@@ -81,11 +82,19 @@ StatusOr<std::vector<int32_t>> ParseTokenList(const std::string& list, int64_t n
   return ids;
 }
 
+// --kv-type f32|f16 (ContextOptions::kv_type).
+void AddKvTypeOption(CLI::App* app, std::string& kv_type) {
+  app->add_option("--kv-type", kv_type, "KV cache element type: f32 (default) or f16 (half the memory)")
+      ->check(CLI::IsMember({"f32", "f16"}));
+}
+TensorType KvType(const std::string& name) { return name == "f16" ? TensorType::kF16 : TensorType::kF32; }
+
 struct GenerateArgs {
   std::string model, prompt;
   int64_t max_tokens = 0;
   SamplerParams sampling;
   int threads = DefaultThreads();
+  std::string kv_type = "f32";
   bool json = false;
   bool chat = false;
   std::vector<std::string> messages;  // --message ROLE:TEXT, in order
@@ -139,6 +148,7 @@ int RunGenerate(const GenerateArgs& a) {
   }
   ContextOptions opts;
   opts.n_threads = a.threads;
+  opts.kv_type = KvType(a.kv_type);
   auto ctx = Context::Create(**model, opts);
   if (!ctx.ok()) return Fail(ctx.status());
   GenerateParams params;
@@ -269,6 +279,7 @@ struct ServeArgs {
   int channel_fd = -1;
   int threads = DefaultThreads();
   int64_t max_jobs = 8;
+  std::string kv_type = "f32";
 };
 
 int RunServe(const ServeArgs& a) {
@@ -289,13 +300,14 @@ int RunServe(const ServeArgs& a) {
   ContextOptions opts;
   opts.n_threads = a.threads;
   opts.n_seq = a.max_jobs;
+  opts.kv_type = KvType(a.kv_type);
   auto ctx = Context::Create(**model, opts);
   if (!ctx.ok()) return fail(ctx.status());
   const LlamaConfig& c = (*model)->config();
   Log("model '" + (*model)->name() + "': " + std::to_string(c.n_layer) + " layers, dim " + std::to_string(c.n_embd) +
       ", " + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) + " heads, vocab " +
       std::to_string(c.n_vocab) + ", context " + std::to_string((*ctx)->n_ctx()) + " x " +
-      std::to_string(a.max_jobs) + " jobs; " + std::to_string(a.threads) +
+      std::to_string(a.max_jobs) + " jobs, " + a.kv_type + " KV cache; " + std::to_string(a.threads) +
       " threads, " + kernels::IsaName(kernels::ActiveIsa()) + " kernels, OpenBLAS " + BlasCoreName());
   Status s = Serve(**ctx, a.channel_fd);
   if (!s.ok()) return fail(s);
@@ -322,6 +334,7 @@ int Main(int argc, char** argv) {
                 "penalty window in tokens (default 64; 0: off, -1: the whole context)");
   g->add_option("--seed", gen.sampling.seed, "sampling seed (default 0)");
   g->add_option("--threads", gen.threads, "worker threads")->check(CLI::Range(1, 256));
+  AddKvTypeOption(g, gen.kv_type);
   g->add_flag("--json", gen.json, "print JSON");
   CLI::Option* gc = g->add_flag("--chat", gen.chat, "render messages with the model's chat template");
   g->add_option("--message", gen.messages, "ROLE:TEXT (ROLE system, user or assistant); repeat in order")
@@ -356,6 +369,7 @@ int Main(int argc, char** argv) {
   s->add_option("--threads", sv.threads, "worker threads")->check(CLI::Range(1, 256));
   s->add_option("--max-jobs", sv.max_jobs, "jobs decoded together (default 8); more queue")
       ->check(CLI::Range(int64_t{1}, Context::kMaxSeqs));
+  AddKvTypeOption(s, sv.kv_type);
 
   try {
     app.parse(argc, argv);

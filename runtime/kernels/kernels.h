@@ -62,6 +62,10 @@ struct VecKernels {
   // out[i] += sum_t p[t] * v[t * stride + i]: the probability-weighted sum of
   // `count` cached values.
   void (*axpy_rows_f32)(int64_t n, const float* p, const float* v, int64_t stride, int64_t count, float* out);
+  // The same two over a KV cache stored as F16 (ContextOptions::kv_type):
+  // each key or value is widened to float, products and sums stay F32.
+  void (*dot_rows_f16)(int64_t n, const float* q, const uint16_t* k, int64_t stride, int64_t count, float* out);
+  void (*axpy_rows_f16)(int64_t n, const float* p, const uint16_t* v, int64_t stride, int64_t count, float* out);
   // In place: x = softmax(x * scale), as ggml computes it: scale, subtract
   // the max, exponentiate, sum in double, multiply by 1/sum.
   void (*softmax_f32)(int64_t n, float* x, float scale);

@@ -151,28 +151,48 @@ APPLIANCE_AVX2 float Q8Dot(int64_t n, const void* w, const void* x) {
 
 APPLIANCE_AVX2 float VecDot(int64_t n, const float* a, const float* b) { return F32Dot(n, a, b); }
 
-APPLIANCE_AVX2 void DotRows(int64_t n, const float* q, const float* k, int64_t stride, int64_t count, float* out) {
+// Eight KV cache elements as floats: F32 as they are, F16 widened.
+APPLIANCE_AVX2 inline __m256 Load8(const float* p) { return _mm256_loadu_ps(p); }
+APPLIANCE_AVX2 inline __m256 Load8(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+APPLIANCE_AVX2 inline float Widen(float v) { return v; }
+APPLIANCE_AVX2 inline float Widen(uint16_t h) { return _cvtsh_ss(h); }
+
+template <typename T>
+APPLIANCE_AVX2 void DotRows(int64_t n, const float* q, const T* k, int64_t stride, int64_t count, float* out) {
   if (n == 8) {  // small heads (stories260K): one multiply and a horizontal sum per key
     const __m256 vq = _mm256_loadu_ps(q);
-    for (int64_t t = 0; t < count; ++t) out[t] = Hsum(_mm256_mul_ps(vq, _mm256_loadu_ps(k + t * stride)));
+    for (int64_t t = 0; t < count; ++t) out[t] = Hsum(_mm256_mul_ps(vq, Load8(k + t * stride)));
     return;
   }
-  for (int64_t t = 0; t < count; ++t) out[t] = F32Dot(n, q, k + t * stride);
+  const int64_t n32 = n & ~int64_t{31};
+  auto lq = [q](int64_t i) APPLIANCE_AVX2 { return _mm256_loadu_ps(q + i); };
+  for (int64_t t = 0; t < count; ++t) {
+    const T* kt = k + t * stride;
+    auto lk = [kt](int64_t i) APPLIANCE_AVX2 { return Load8(kt + i); };
+    // As F32Dot: 32 at a time, then 8, then the scalar tail.
+    __m256 acc = Dot32(n32, lq, lk);
+    int64_t i = n32;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(lq(i), lk(i), acc);
+    float sum = Hsum(acc);
+    for (; i < n; ++i) sum += q[i] * Widen(kt[i]);
+    out[t] = sum;
+  }
 }
 
 // Columns in blocks of 8 kept in a register while the rows stream past.
-APPLIANCE_AVX2 void AxpyRows(int64_t n, const float* p, const float* v, int64_t stride, int64_t count, float* out) {
+template <typename T>
+APPLIANCE_AVX2 void AxpyRows(int64_t n, const float* p, const T* v, int64_t stride, int64_t count, float* out) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     __m256 acc = _mm256_loadu_ps(out + i);
-    for (int64_t t = 0; t < count; ++t) {
-      acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), _mm256_loadu_ps(v + t * stride + i), acc);
-    }
+    for (int64_t t = 0; t < count; ++t) acc = _mm256_fmadd_ps(_mm256_set1_ps(p[t]), Load8(v + t * stride + i), acc);
     _mm256_storeu_ps(out + i, acc);
   }
   for (; i < n; ++i) {
     float acc = out[i];
-    for (int64_t t = 0; t < count; ++t) acc += p[t] * v[t * stride + i];
+    for (int64_t t = 0; t < count; ++t) acc += p[t] * Widen(v[t * stride + i]);
     out[i] = acc;
   }
 }
@@ -268,7 +288,8 @@ const TypeKernels* Avx2Kernels(TensorType type) {
 }
 
 const VecKernels* Avx2Vec() {
-  static const VecKernels kVec = {VecDot, DotRows, AxpyRows, Softmax};
+  static const VecKernels kVec = {VecDot,           DotRows<float>, AxpyRows<float>, DotRows<uint16_t>,
+                                  AxpyRows<uint16_t>, Softmax};
   return &kVec;
 }
 

@@ -120,14 +120,23 @@ const TypeKernels kQ8 =
 
 float VecDot(int64_t n, const float* a, const float* b) { return F32Dot(n, a, b); }
 
-void DotRows(int64_t n, const float* q, const float* k, int64_t stride, int64_t count, float* out) {
-  for (int64_t t = 0; t < count; ++t) out[t] = F32Dot(n, q, k + t * stride);
+// A KV cache element as float: F32 as it is, F16 widened.
+inline float Widen(float v) { return v; }
+inline float Widen(uint16_t h) { return HalfToFloat(h); }
+
+template <typename T>
+void DotRows(int64_t n, const float* q, const T* k, int64_t stride, int64_t count, float* out) {
+  for (int64_t t = 0; t < count; ++t) {
+    const T* kt = k + t * stride;
+    out[t] = Dot8(n, [q](int64_t i) { return q[i]; }, [kt](int64_t i) { return Widen(kt[i]); });
+  }
 }
 
-void AxpyRows(int64_t n, const float* p, const float* v, int64_t stride, int64_t count, float* out) {
+template <typename T>
+void AxpyRows(int64_t n, const float* p, const T* v, int64_t stride, int64_t count, float* out) {
   for (int64_t t = 0; t < count; ++t) {
-    const float* vt = v + t * stride;
-    for (int64_t i = 0; i < n; ++i) out[i] += p[t] * vt[i];
+    const T* vt = v + t * stride;
+    for (int64_t i = 0; i < n; ++i) out[i] += p[t] * Widen(vt[i]);
   }
 }
 
@@ -147,7 +156,7 @@ void Softmax(int64_t n, float* x, float scale) {
   for (int64_t t = 0; t < n; ++t) x[t] *= inv;
 }
 
-const VecKernels kVec = {VecDot, DotRows, AxpyRows, Softmax};
+const VecKernels kVec = {VecDot, DotRows<float>, AxpyRows<float>, DotRows<uint16_t>, AxpyRows<uint16_t>, Softmax};
 
 }  // namespace
 

@@ -144,8 +144,26 @@ TEST(Kernels, VecPrimitivesAgree) {
         acc[static_cast<size_t>(i)] += static_cast<double>(probs[static_cast<size_t>(t)]) * k[static_cast<size_t>(t * stride + i)];
       }
     }
+    // The same rows stored as F16 (an F16 KV cache), against double sums of
+    // the widened values.
+    std::vector<uint16_t> k16(k.size());
+    for (size_t i = 0; i < k.size(); ++i) k16[i] = kernels::Fp32ToFp16(k[i]);
+    std::vector<double> dots16(static_cast<size_t>(count)), acc16(static_cast<size_t>(n), 0.25);
+    for (int64_t t = 0; t < count; ++t) {
+      for (int64_t i = 0; i < n; ++i) {
+        const double kv = kernels::Fp16ToFp32(k16[static_cast<size_t>(t * stride + i)]);
+        dots16[static_cast<size_t>(t)] += static_cast<double>(q[static_cast<size_t>(i)]) * kv;
+        acc16[static_cast<size_t>(i)] += static_cast<double>(probs[static_cast<size_t>(t)]) * kv;
+      }
+    }
     for (const kernels::VecKernels* impl : {p, v}) {
       if (impl == nullptr) continue;
+      std::vector<float> out16(static_cast<size_t>(count));
+      impl->dot_rows_f16(n, q.data(), k16.data(), stride, count, out16.data());
+      for (int64_t t = 0; t < count; ++t) EXPECT_NEAR(out16[static_cast<size_t>(t)], dots16[static_cast<size_t>(t)], 1e-5);
+      std::vector<float> y16(static_cast<size_t>(n), 0.25f);
+      impl->axpy_rows_f16(n, probs.data(), k16.data(), stride, count, y16.data());
+      for (int64_t i = 0; i < n; ++i) EXPECT_NEAR(y16[static_cast<size_t>(i)], acc16[static_cast<size_t>(i)], 1e-5);
       EXPECT_NEAR(impl->dot_f32(n, q.data(), k.data()), dots[0], 1e-5);
       std::vector<float> out(static_cast<size_t>(count));
       impl->dot_rows_f32(n, q.data(), k.data(), stride, count, out.data());

@@ -193,40 +193,60 @@ TEST(Context, ChecksItsInputs) {
 
 // Batched and decode paths, 1 and 3 threads, must agree on the tiny model
 // (GQA with 2 query heads per KV head, RoPE, tied and untied).
+// With either KV cache type: the batched path is bit-identical across thread
+// counts, and decoding token by token agrees with it (exactly stored keys
+// and values for F32; for F16 a key computed with float noise of 1e-7 can
+// round to the neighbouring half, so the bound is that of one F16 step).
 TEST(Context, PathsAndThreadCountsAgree) {
-  for (bool with_output : {true, false}) {
-    TinyOptions t;
-    t.with_output = with_output;
-    auto m = LoadBytes(testing::BuildTinyLlama(t));
-    ASSERT_TRUE(m.ok());
-    const std::vector<int32_t> seq = {1, 50, 100, 150, 200, 250, 7, 8, 9, 10, 11, 12};
-    std::vector<float> batch_logits;
-    for (int threads : {1, 3}) {
-      ContextOptions o;
-      o.n_threads = threads;
-      auto ctx = Context::Create(**m, o);
-      ASSERT_TRUE(ctx.ok());
-      ASSERT_TRUE((*ctx)->Eval(seq, true).ok());
-      std::vector<float> all;
-      for (size_t p = 0; p < seq.size(); ++p) {
-        auto l = (*ctx)->Logits(static_cast<int64_t>(p));
-        all.insert(all.end(), l.begin(), l.end());
-      }
-      if (batch_logits.empty()) {
-        batch_logits = all;
-      } else {
-        EXPECT_EQ(all, batch_logits) << "batched path differs between thread counts";
-      }
-      (*ctx)->Reset();
-      for (size_t p = 0; p < seq.size(); ++p) {
-        ASSERT_TRUE((*ctx)->Eval(std::span<const int32_t>(&seq[p], 1), false).ok());
-        auto l = (*ctx)->LastLogits();
-        for (size_t i = 0; i < l.size(); ++i) {
-          ASSERT_NEAR(l[i], batch_logits[p * l.size() + i], 1e-4) << "position " << p;
+  for (TensorType kv_type : {TensorType::kF32, TensorType::kF16}) {
+    for (bool with_output : {true, false}) {
+      SCOPED_TRACE(TensorTypeName(kv_type) + (with_output ? " with output" : " tied"));
+      TinyOptions t;
+      t.with_output = with_output;
+      auto m = LoadBytes(testing::BuildTinyLlama(t));
+      ASSERT_TRUE(m.ok());
+      const std::vector<int32_t> seq = {1, 50, 100, 150, 200, 250, 7, 8, 9, 10, 11, 12};
+      const double tol = kv_type == TensorType::kF32 ? 1e-4 : 1e-3;
+      std::vector<float> batch_logits;
+      for (int threads : {1, 3}) {
+        ContextOptions o;
+        o.n_threads = threads;
+        o.kv_type = kv_type;
+        auto ctx = Context::Create(**m, o);
+        ASSERT_TRUE(ctx.ok());
+        ASSERT_TRUE((*ctx)->Eval(seq, true).ok());
+        std::vector<float> all;
+        for (size_t p = 0; p < seq.size(); ++p) {
+          auto l = (*ctx)->Logits(static_cast<int64_t>(p));
+          all.insert(all.end(), l.begin(), l.end());
+        }
+        if (batch_logits.empty()) {
+          batch_logits = all;
+        } else {
+          EXPECT_EQ(all, batch_logits) << "batched path differs between thread counts";
+        }
+        (*ctx)->Reset();
+        for (size_t p = 0; p < seq.size(); ++p) {
+          ASSERT_TRUE((*ctx)->Eval(std::span<const int32_t>(&seq[p], 1), false).ok());
+          auto l = (*ctx)->LastLogits();
+          for (size_t i = 0; i < l.size(); ++i) {
+            ASSERT_NEAR(l[i], batch_logits[p * l.size() + i], tol) << "position " << p;
+          }
         }
       }
     }
   }
+}
+
+TEST(Context, RefusesKvTypesOtherThanF32AndF16) {
+  auto m = LoadBytes(testing::BuildTinyLlama(TinyOptions{}));
+  ASSERT_TRUE(m.ok());
+  ContextOptions o;
+  o.kv_type = TensorType::kQ8_0;
+  auto ctx = Context::Create(**m, o);
+  ASSERT_FALSE(ctx.ok());
+  EXPECT_NE(ctx.status().message().find("KV cache type q8_0 is not f32 or f16"), std::string::npos)
+      << ctx.status().message();
 }
 
 }  // namespace
