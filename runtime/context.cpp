@@ -449,10 +449,7 @@ void Context::Forward(int64_t n, float* logits) {
     RmsNorm(x_.data(), L.ffn_norm, n, d, xn_.data());
     const MatMulEngine::Product gate_up[] = {{&L.w_gate, gate_.data()}, {&L.w_up, up_.data()}};
     matmul_.RunGroup(pool_, gate_up, xn_.data(), n);
-    for (int64_t i = 0; i < n * c.n_ff; ++i) {
-      const float g = gate_[static_cast<size_t>(i)];
-      gate_[static_cast<size_t>(i)] = g / (1.0f + std::exp(-g)) * up_[static_cast<size_t>(i)];  // SwiGLU
-    }
+    kernels::Vec().swiglu_f32(n * c.n_ff, gate_.data(), up_.data());
     MatMul(L.w_down, gate_.data(), n, xn_.data());
     for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
   }

@@ -66,6 +66,9 @@ struct VecKernels {
   // each key or value is widened to float, products and sums stay F32.
   void (*dot_rows_f16)(int64_t n, const float* q, const uint16_t* k, int64_t stride, int64_t count, float* out);
   void (*axpy_rows_f16)(int64_t n, const float* p, const uint16_t* v, int64_t stride, int64_t count, float* out);
+  // In place: gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + e^-g)
+  // (the SwiGLU feed-forward's activation).
+  void (*swiglu_f32)(int64_t n, float* gate, const float* up);
   // In place: x = softmax(x * scale), as ggml computes it: scale, subtract
   // the max, exponentiate, sum in double, multiply by 1/sum.
   void (*softmax_f32)(int64_t n, float* x, float scale);

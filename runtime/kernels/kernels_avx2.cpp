@@ -222,6 +222,23 @@ APPLIANCE_AVX2 inline __m256 ExpNonPositive(__m256 x) {
   return _mm256_andnot_ps(underflow, result);
 }
 
+// silu(g) = g * sigmoid(g), the sigmoid from e = e^-|g| (an argument <= 0):
+// 1 / (1 + e) for g >= 0, e / (1 + e) for g < 0, which cannot overflow as
+// 1 + e^-g does. Within a few ulp of the portable g / (1 + expf(-g)); the
+// feed-forward's activation ran single-threaded through expf for ~2% of a
+// decode step.
+APPLIANCE_AVX2 void SwiGlu(int64_t n, float* gate, const float* up) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = ExpNonPositive(_mm256_or_ps(g, _mm256_set1_ps(-0.0f)));
+    const __m256 sigmoid = _mm256_div_ps(_mm256_blendv_ps(one, e, g), _mm256_add_ps(one, e));  // e where g < 0
+    _mm256_storeu_ps(gate + i, _mm256_mul_ps(_mm256_mul_ps(g, sigmoid), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 APPLIANCE_AVX2 void Softmax(int64_t n, float* x, float scale) {
   const __m256 vs = _mm256_set1_ps(scale);
   __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -289,7 +306,7 @@ const TypeKernels* Avx2Kernels(TensorType type) {
 
 const VecKernels* Avx2Vec() {
   static const VecKernels kVec = {VecDot,           DotRows<float>, AxpyRows<float>, DotRows<uint16_t>,
-                                  AxpyRows<uint16_t>, Softmax};
+                                  AxpyRows<uint16_t>, SwiGlu,         Softmax};
   return &kVec;
 }
 

@@ -140,6 +140,10 @@ void AxpyRows(int64_t n, const float* p, const T* v, int64_t stride, int64_t cou
   }
 }
 
+void SwiGlu(int64_t n, float* gate, const float* up) {
+  for (int64_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
 void Softmax(int64_t n, float* x, float scale) {
   float max = -INFINITY;
   for (int64_t t = 0; t < n; ++t) {
@@ -156,7 +160,7 @@ void Softmax(int64_t n, float* x, float scale) {
   for (int64_t t = 0; t < n; ++t) x[t] *= inv;
 }
 
-const VecKernels kVec = {VecDot, DotRows<float>, AxpyRows<float>, DotRows<uint16_t>, AxpyRows<uint16_t>, Softmax};
+const VecKernels kVec = {VecDot, DotRows<float>, AxpyRows<float>, DotRows<uint16_t>, AxpyRows<uint16_t>, SwiGlu, Softmax};
 
 }  // namespace
 

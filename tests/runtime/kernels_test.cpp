@@ -175,6 +175,37 @@ TEST(Kernels, VecPrimitivesAgree) {
   }
 }
 
+// SwiGLU's activation against double precision, across the range where the
+// sigmoid saturates either way, at 0, and for the non-finite inputs.
+TEST(Kernels, SwiGluMatchesReference) {
+  std::vector<float> gate = RandomFloats(203, 9, 12.0f);
+  const std::vector<float> up = RandomFloats(203, 10, 2.0f);
+  gate[0] = 0.0f;
+  gate[1] = -0.0f;
+  gate[2] = 95.0f;
+  gate[3] = -95.0f;
+  gate[4] = 1e-30f;
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    const kernels::VecKernels* impl = kernels::VecFor(isa);
+    if (impl == nullptr) continue;
+    SCOPED_TRACE(kernels::IsaName(isa));
+    std::vector<float> y = gate;
+    impl->swiglu_f32(static_cast<int64_t>(y.size()), y.data(), up.data());
+    for (size_t i = 0; i < y.size(); ++i) {
+      const double g = gate[i];
+      const double want = g / (1.0 + std::exp(-g)) * up[i];
+      EXPECT_NEAR(y[i], want, 4e-7 * std::max(1.0, std::fabs(want))) << "g = " << g;
+    }
+    float special[16] = {INFINITY, -INFINITY, NAN};
+    float ones[16];
+    std::fill(ones, ones + 16, 1.0f);
+    impl->swiglu_f32(16, special, ones);
+    EXPECT_EQ(special[0], INFINITY);
+    EXPECT_TRUE(std::isnan(special[1]));  // -inf * 0, as g / (1 + e^inf) = -inf / inf
+    EXPECT_TRUE(std::isnan(special[2]));
+  }
+}
+
 // Softmax against a double-precision reference, including inputs whose
 // exponentials underflow, for lengths that exercise the vector tails.
 TEST(Kernels, SoftmaxMatchesReference) {
