@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -33,6 +34,27 @@ TEST(Sampler, GreedyTakesTheLowestIndexOfTheMaximum) {
   const std::vector<float> logits = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};
   EXPECT_EQ(s.Sample(logits), 1);
   EXPECT_EQ(Sampler::Argmax(logits), 1);
+}
+
+// Past the vectorized part (lengths around multiples of 8), with ties in
+// different lanes, NaNs (never the maximum) and -inf everywhere.
+TEST(Sampler, ArgmaxOverLongRowsTiesAndNaN) {
+  for (size_t n : {1u, 7u, 8u, 9u, 31999u, 32000u}) {
+    SCOPED_TRACE(n);
+    std::vector<float> logits(n);
+    for (size_t i = 0; i < n; ++i) logits[i] = static_cast<float>((i * 7919) % 1000) / 100.0f;
+    const size_t want = static_cast<size_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    EXPECT_EQ(Sampler::Argmax(logits), static_cast<int32_t>(want));
+    logits[n - 1] = 1e9f;  // in the scalar tail for n = 9 and 31999
+    EXPECT_EQ(Sampler::Argmax(logits), static_cast<int32_t>(n - 1));
+    if (n >= 3) {
+      logits[1] = 1e9f;  // an earlier tie wins
+      logits[0] = NAN;
+      EXPECT_EQ(Sampler::Argmax(logits), 1);
+    }
+    std::fill(logits.begin(), logits.end(), -INFINITY);
+    EXPECT_EQ(Sampler::Argmax(logits), 0);
+  }
 }
 
 TEST(Sampler, TemperatureFollowsTheSoftmax) {
