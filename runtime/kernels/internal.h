@@ -29,6 +29,24 @@ constexpr size_t kQ8BlockBytes = 34;
 constexpr int64_t kQK = 32;    // elements per block of the *_0 / *_1 types
 constexpr int64_t kQKK = 256;  // elements per super-block of the K types
 
+// Decoding one sequence streams each weight once from DRAM, and the hardware
+// prefetchers alone left a core at about half of what a plain summing loop
+// reads; so the quantized dot products prefetch, into L2, the bytes
+// kPrefetchBytes past the block they are about to multiply. Rows are
+// contiguous, so "ahead" runs on into the next rows of a thread's range.
+// Measured on a 1B Q4_K_M model (AVX-512): decode went from 0.51 to ~0.92 of
+// the bandwidth ceiling; L2 (T1) beat L1 (T0), 8 KiB beat 4 and 16.
+inline constexpr uintptr_t kPrefetchBytes = 8192;
+template <size_t kBlockBytes>
+inline void PrefetchAhead(const void* block) {
+  // An address, not a pointer: it may lie past the end of the matrix, and a
+  // prefetch of it is harmless.
+  const uintptr_t ahead = reinterpret_cast<uintptr_t>(block) + kPrefetchBytes;
+  for (uintptr_t line = 0; line < kBlockBytes; line += 64) {
+    __builtin_prefetch(reinterpret_cast<const void*>(ahead + line), 0, 2);
+  }
+}
+
 // x[j] = d * (q[j] - 8); q[j] (j < 16) is the low nibble of qs[j], q[j + 16] its high nibble.
 struct BlockQ4_0 {
   uint8_t d[2];  // F16

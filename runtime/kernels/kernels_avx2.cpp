@@ -137,6 +137,7 @@ APPLIANCE_AVX2 float Q8Dot(int64_t n, const void* w, const void* x) {
   const __m256i ones = _mm256_set1_epi16(1);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t blk = 0; blk < n / kQ8Block; ++blk, a += kQ8BlockBytes, b += kQ8BlockBytes) {
+    PrefetchAhead<kQ8BlockBytes>(a);
     const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + 2));
     const __m256i qb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
     const __m256i abs_a = _mm256_sign_epi8(qa, qa);

@@ -115,6 +115,7 @@ APPLIANCE_AVX2 float Q4_0Dot(int64_t n, const void* w, const void* act) {
   const BlockQ8_0* y = static_cast<const BlockQ8_0*>(act);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / kQK; ++b) {
+    PrefetchAhead<sizeof(BlockQ4_0)>(x + b);
     const __m256i q = _mm256_sub_epi8(Nibbles32(x[b].qs), _mm256_set1_epi8(8));
     const __m256 p = _mm256_cvtepi32_ps(MulSumI8(q, Load32(y[b].qs)));
     acc = _mm256_fmadd_ps(_mm256_set1_ps(HalfAt(x[b].d) * HalfAt(y[b].d)), p, acc);
@@ -226,6 +227,7 @@ APPLIANCE_AVX2 float QK4Dot(int64_t n, const void* w, const void* act) {
   __m256 acc = _mm256_setzero_ps();
   __m128 acc_m = _mm_setzero_ps();
   for (int64_t b = 0; b < n / kQKK; ++b) {
+    PrefetchAhead<sizeof(Block)>(x + b);
     const ScalesMinsK4 u = UnpackScalesMinsK4(x[b].scales);
     std::memcpy(sc, &u.scales, 8);
     // Mins: sum_s m[s] * (bsums[2s] + bsums[2s+1]), as 4 int32 lanes.
@@ -313,6 +315,7 @@ APPLIANCE_AVX2 float Q6_KDot(int64_t n, const void* w, const void* act) {
   const BlockQ8_K* y = static_cast<const BlockQ8_K*>(act);
   __m256 acc = _mm256_setzero_ps();
   for (int64_t b = 0; b < n / kQKK; ++b) {
+    PrefetchAhead<sizeof(BlockQ6_K)>(x + b);
     const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(x[b].scales));
     const __m256i offset = _mm256_madd_epi16(_mm256_cvtepi8_epi16(scales), Load32(y[b].bsums));
     __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(offset, 5));

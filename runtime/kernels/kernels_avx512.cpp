@@ -51,13 +51,6 @@ constexpr int kMaxTileX = 8;
 // Weight rows per panel (in bytes): the panel stays in L1 while the groups
 // of kMaxTileX activation rows pass it.
 constexpr size_t kPanelBytes = 16 << 10;
-// How far ahead of the block being multiplied the weights are prefetched.
-// Decoding one sequence streams each weight once from DRAM; the hardware
-// prefetchers alone left a core at ~6 GB/s (half what a plain summing loop
-// gets), prefetching 8 KiB ahead lifted the 1B model's decode from 0.51 to
-// ~0.85 of the bandwidth ceiling. Rows are contiguous, so "ahead" runs on
-// into the next rows of the thread's range.
-constexpr uintptr_t kPrefetchBytes = 8192;
 
 APPLIANCE_AVX512 inline float F16(const uint8_t* p) { return _cvtsh_ss(LoadU16(p)); }
 
@@ -266,14 +259,8 @@ APPLIANCE_AVX512 void Tile(int64_t nb, const typename K::W* w, const uint8_t* x,
   const X* rows[G];
 #pragma GCC unroll 8
   for (int g = 0; g < G; ++g) rows[g] = reinterpret_cast<const X*>(x + static_cast<size_t>(g) * x_stride);
-  // An address, not a pointer: it may lie past the end of the matrix, and a
-  // prefetch of it is harmless.
-  const uintptr_t ahead = reinterpret_cast<uintptr_t>(w) + kPrefetchBytes;
   for (int64_t b = 0; b < nb; ++b) {
-    const uintptr_t block_ahead = ahead + static_cast<uintptr_t>(b) * sizeof(typename K::W);
-    for (uintptr_t line = 0; line < sizeof(typename K::W); line += 64) {
-      _mm_prefetch(reinterpret_cast<const char*>(block_ahead + line), _MM_HINT_T1);
-    }
+    PrefetchAhead<sizeof(typename K::W)>(w + b);
     const X* xb[G];
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) xb[g] = rows[g] + b;
