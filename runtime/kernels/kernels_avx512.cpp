@@ -12,13 +12,15 @@
 // its own accumulators and sees the same sequence of operations whatever the
 // tile's width, so vec_dot (a 1-row tile) and gemm give bit-identical results.
 //
-// Integer arithmetic: maddubs multiplies unsigned weight bytes with signed
-// activation bytes into int16 pairs (at most 2 * 63 * 127, no saturation:
-// Q8_0/Q8_K activations are never -128), and the VNNI vpdpwssd multiplies those
-// pairs with the int16 sub-block scales and accumulates in int32, one
-// instruction for what AVX2 needs madd and add for. The *_0 types (one float
-// scale per 32 elements) use 256-bit vectors and vpdpbusd on |w| and sign-moved
-// activations, like the AVX2 kernels' maddubs trick.
+// Integer arithmetic (K-quants): vpdpbusd multiplies unsigned weight bytes
+// with signed activation bytes and sums four products per int32 lane (at most
+// 4 * 63 * 127, an int16); two pieces' lanes are packed to int16 and meet
+// their sub-blocks' scales in one vpdpwssd (int16 pairs times int16 scales,
+// accumulated in int32). That is one multiply instruction per 64 products
+// and activation row plus one per 128 for the scales, where maddubs followed
+// by vpdpwssd took two per 64. Q8_0/Q8_K activations are never -128. The *_0
+// types (one float scale per 32 elements) use 256-bit vectors and vpdpbusd
+// on |w| and sign-moved activations, like the AVX2 kernels' maddubs trick.
 //
 // The quantizers compute exactly what the portable ones do (same operations
 // per element, same rounding), so activations are identical on every path.
@@ -71,19 +73,28 @@ APPLIANCE_AVX512 inline __m512i Halves16(short lo, short hi) {
   return _mm512_inserti64x4(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi), 1);
 }
 
-// int16 lane indices for vpermw: lanes [8k, 8k + 8) take entry first + k,
-// spreading four per-16-element scales over the 32 int16 pair sums of a
-// 64-element piece (maddubs output lane l covers elements 2l, 2l + 1).
-APPLIANCE_AVX512 inline __m512i QuarterIndex(short first) {
-  return _mm512_inserti64x4(
-      _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(first)),
-                                                     _mm_set1_epi16(static_cast<short>(first + 1)), 1)),
-      _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_set1_epi16(static_cast<short>(first + 2))),
-                              _mm_set1_epi16(static_cast<short>(first + 3)), 1),
-      1);
-}
-
 // --- Q4_K / Q5_K ---
+
+// vpermw indices spreading scales over two pieces' packed sums: vpackssdw
+// interleaves the pieces per 128-bit chunk c, int16 lanes 8c..8c+3 holding
+// the first piece's int32 lanes 4c..4c+3, lanes 8c+4..8c+7 the second's.
+// Lane l of a piece sums elements 4l..4l+3, so its scale is that of
+// sub-block l / 8 (Q4_K/Q5_K: 32 elements per scale) or group l / 4 (Q6_K: 16).
+template <int kLanesPerScale>
+constexpr std::array<short, 32> PackedScaleIndex(int first_piece) {
+  constexpr int kScalesPerPiece = 16 / kLanesPerScale;
+  std::array<short, 32> index{};
+  for (int k = 0; k < 32; ++k) {
+    const int piece = first_piece + (k % 8 < 4 ? 0 : 1);
+    const int lane = 4 * (k / 8);  // the chunk's first int32 lane
+    index[static_cast<size_t>(k)] = static_cast<short>(kScalesPerPiece * piece + lane / kLanesPerScale);
+  }
+  return index;
+}
+alignas(64) constexpr std::array<short, 32> kPackedScales01 = PackedScaleIndex<8>(0);
+alignas(64) constexpr std::array<short, 32> kPackedScales23 = PackedScaleIndex<8>(2);
+alignas(64) constexpr std::array<short, 32> kQ6PackedScales01 = PackedScaleIndex<4>(0);
+alignas(64) constexpr std::array<short, 32> kQ6PackedScales23 = PackedScaleIndex<4>(2);
 
 // The 6-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K block,
 // unpacked from its 12 bytes as UnpackScalesMinsK4 does, in vector registers
@@ -125,27 +136,35 @@ struct QK4 {
         _mm_shuffle_epi8(u, _mm_set_epi8(15, 15, 14, 14, 13, 13, 12, 12, 11, 11, 10, 10, 9, 9, 8, 8)));
     __m512i hbits = _mm512_setzero_si512();
     if constexpr (kFiveBit) hbits = Broadcast32(w.qh);
-    __m512i sumi[G];
-#pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) sumi[g] = _mm512_setzero_si512();
+    // The four pieces' weights, low nibbles in the lower half, high nibbles
+    // (shifted down 4) in the upper.
+    __m512i q[4];
 #pragma GCC unroll 4
     for (int p = 0; p < 4; ++p) {
-      // Low nibbles in the lower half, high nibbles (shifted down 4) in the upper.
-      __m512i q =
-          _mm512_and_si512(_mm512_srlv_epi16(Broadcast32(w.qs + 32 * p), Halves16(0, 4)), _mm512_set1_epi8(0x0F));
+      q[p] = _mm512_and_si512(_mm512_srlv_epi16(Broadcast32(w.qs + 32 * p), Halves16(0, 4)), _mm512_set1_epi8(0x0F));
       if constexpr (kFiveBit) {
         // Bit s of qh[l] is bit 4 of element 32s + l: bit 2p for the lower half, 2p + 1 for the upper.
         const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8(static_cast<char>(1u << (2 * p))),
                                                _mm256_set1_epi8(static_cast<char>(1u << (2 * p + 1))), 1);
-        q = _mm512_mask_add_epi8(q, _mm512_test_epi8_mask(hbits, bit), q, _mm512_set1_epi8(16));
+        q[p] = _mm512_mask_add_epi8(q[p], _mm512_test_epi8_mask(hbits, bit), q[p], _mm512_set1_epi8(16));
       }
-      // Scales of sub-blocks 2p and 2p + 1 over the lower and upper 16 pair sums.
-      const __m512i scale =
-          _mm512_permutexvar_epi16(Halves16(static_cast<short>(2 * p), static_cast<short>(2 * p + 1)), sc16);
+    }
+    // vpdpbusd sums four products per int32 lane: lanes 0-7 of piece p are
+    // sub-block 2p, lanes 8-15 sub-block 2p + 1 (|sum| <= 4 * 31 * 127, an
+    // int16). Two pieces' sums packed to int16 meet their sub-blocks' scales
+    // in one vpdpwssd; vpackssdw interleaves the pieces per 128-bit chunk c:
+    // int16 lanes 8c..8c+3 are piece a's lanes 4c..4c+3, 8c+4..8c+7 piece b's.
+    const __m512i scale01 = _mm512_permutexvar_epi16(_mm512_load_si512(kPackedScales01.data()), sc16);
+    const __m512i scale23 = _mm512_permutexvar_epi16(_mm512_load_si512(kPackedScales23.data()), sc16);
+    __m512i sumi[G];
 #pragma GCC unroll 8
-      for (int g = 0; g < G; ++g) {
-        sumi[g] = _mm512_dpwssd_epi32(sumi[g], _mm512_maddubs_epi16(q, Load64(x[g]->qs + 64 * p)), scale);
-      }
+    for (int g = 0; g < G; ++g) {
+      const __m512i zero = _mm512_setzero_si512();
+      const __m512i s01 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[0], Load64(x[g]->qs)),
+                                             _mm512_dpbusd_epi32(zero, q[1], Load64(x[g]->qs + 64)));
+      const __m512i s23 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[2], Load64(x[g]->qs + 128)),
+                                             _mm512_dpbusd_epi32(zero, q[3], Load64(x[g]->qs + 192)));
+      sumi[g] = _mm512_dpwssd_epi32(_mm512_madd_epi16(s01, scale01), s23, scale23);
     }
     // sum = d dy sum_s sc_s sum(q qy) - dmin dy sum_s m_s sum(qy) as one
     // vector: the scaled sums folded to 8 int32 lanes (exact) in the lower
@@ -188,24 +207,28 @@ struct Q6K {
       sumi[g] = _mm512_dpwssd_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(Load32(x[g]->bsums)), offset);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i m2 = _mm512_set1_epi8(0x30);
+    __m512i q[4];  // pieces 2h and 2h + 1 from half h
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       const __m512i lo = Load64(w.ql + 64 * h);
       const __m512i hi = Broadcast32(w.qh + 32 * h);
-      const __m512i q[2] = {
-          _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(_mm512_sllv_epi16(hi, Halves16(4, 2)), m2)),
-          _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo, 4), m4),
-                          _mm512_and_si512(_mm512_srlv_epi16(hi, Halves16(0, 2)), m2)),
-      };
-#pragma GCC unroll 2
-      for (int k = 0; k < 2; ++k) {
-        const int piece = 2 * h + k;
-        const __m512i scale = _mm512_permutexvar_epi16(QuarterIndex(static_cast<short>(4 * piece)), sc16);
+      q[2 * h] = _mm512_or_si512(_mm512_and_si512(lo, m4), _mm512_and_si512(_mm512_sllv_epi16(hi, Halves16(4, 2)), m2));
+      q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(lo, 4), m4),
+                                     _mm512_and_si512(_mm512_srlv_epi16(hi, Halves16(0, 2)), m2));
+    }
+    // As in QK4: four products per int32 lane (|sum| <= 4 * 63 * 127, an
+    // int16), two pieces packed, then their groups' scales in one vpdpwssd.
+    // Lane group c (lanes 4c..4c+3) of piece p is scale group 4p + c.
+    const __m512i scale01 = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6PackedScales01.data()), sc16);
+    const __m512i scale23 = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6PackedScales23.data()), sc16);
 #pragma GCC unroll 8
-        for (int g = 0; g < G; ++g) {
-          sumi[g] = _mm512_dpwssd_epi32(sumi[g], _mm512_maddubs_epi16(q[k], Load64(x[g]->qs + 64 * piece)), scale);
-        }
-      }
+    for (int g = 0; g < G; ++g) {
+      const __m512i zero = _mm512_setzero_si512();
+      const __m512i s01 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[0], Load64(x[g]->qs)),
+                                             _mm512_dpbusd_epi32(zero, q[1], Load64(x[g]->qs + 64)));
+      const __m512i s23 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[2], Load64(x[g]->qs + 128)),
+                                             _mm512_dpbusd_epi32(zero, q[3], Load64(x[g]->qs + 192)));
+      sumi[g] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[g], s01, scale01), s23, scale23);
     }
     const __m512 d = _mm512_set1_ps(F16(w.d));
 #pragma GCC unroll 8
