@@ -107,7 +107,10 @@ void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products,
   const bool parallel = work > kMinParallelWork;
   const int64_t cols = w0.cols;
   // Activations are converted once for all the products, not once per weight row.
-  const auto [xv, x_stride] = ConvertActivations(pool, k0, x, cols, n, parallel);
+  // (Not a structured binding: clang 14, which builds the fuzzer, cannot capture one.)
+  const std::pair<const void*, size_t> converted = ConvertActivations(pool, k0, x, cols, n, parallel);
+  const void* xv = converted.first;
+  const size_t x_stride = converted.second;
   // Per product, balanced contiguous row ranges; task t of the job is range
   // t - first[i] of product i. Every output element is computed by gemm the
   // same way whichever range (and thread) it falls in.
