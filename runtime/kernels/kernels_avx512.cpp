@@ -96,6 +96,20 @@ alignas(64) constexpr std::array<short, 32> kPackedScales23 = PackedScaleIndex<8
 alignas(64) constexpr std::array<short, 32> kQ6PackedScales01 = PackedScaleIndex<4>(0);
 alignas(64) constexpr std::array<short, 32> kQ6PackedScales23 = PackedScaleIndex<4>(2);
 
+// sum plus the scaled products of a K-quant block's four 64-element pieces
+// q[0..3] (unsigned weights) with the activations qs[0..256): vpdpbusd per
+// piece, pieces (0, 1) and (2, 3) packed to int16, each pair times its
+// scales (vpermw of PackedScaleIndex) in one vpdpwssd. Exact in int32.
+APPLIANCE_AVX512 inline __m512i ScaledPieceSums(__m512i sum, const __m512i (&q)[4], const int8_t* qs, __m512i scale01,
+                                                __m512i scale23) {
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i s01 =
+      _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[0], Load64(qs)), _mm512_dpbusd_epi32(zero, q[1], Load64(qs + 64)));
+  const __m512i s23 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[2], Load64(qs + 128)),
+                                         _mm512_dpbusd_epi32(zero, q[3], Load64(qs + 192)));
+  return _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sum, s01, scale01), s23, scale23);
+}
+
 // The 6-bit scales (bytes 0-7) and mins (bytes 8-15) of a Q4_K/Q5_K block,
 // unpacked from its 12 bytes as UnpackScalesMinsK4 does, in vector registers
 // (a dozen vector instructions instead of ~25 scalar ones and the moves).
@@ -158,14 +172,7 @@ struct QK4 {
     const __m512i scale23 = _mm512_permutexvar_epi16(_mm512_load_si512(kPackedScales23.data()), sc16);
     __m512i sumi[G];
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-      const __m512i zero = _mm512_setzero_si512();
-      const __m512i s01 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[0], Load64(x[g]->qs)),
-                                             _mm512_dpbusd_epi32(zero, q[1], Load64(x[g]->qs + 64)));
-      const __m512i s23 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[2], Load64(x[g]->qs + 128)),
-                                             _mm512_dpbusd_epi32(zero, q[3], Load64(x[g]->qs + 192)));
-      sumi[g] = _mm512_dpwssd_epi32(_mm512_madd_epi16(s01, scale01), s23, scale23);
-    }
+    for (int g = 0; g < G; ++g) sumi[g] = ScaledPieceSums(_mm512_setzero_si512(), q, x[g]->qs, scale01, scale23);
     // sum = d dy sum_s sc_s sum(q qy) - dmin dy sum_s m_s sum(qy) as one
     // vector: the scaled sums folded to 8 int32 lanes (exact) in the lower
     // half, the mins term's 8 lanes in the upper, times [d | -dmin] dy. One
@@ -222,14 +229,7 @@ struct Q6K {
     const __m512i scale01 = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6PackedScales01.data()), sc16);
     const __m512i scale23 = _mm512_permutexvar_epi16(_mm512_load_si512(kQ6PackedScales23.data()), sc16);
 #pragma GCC unroll 8
-    for (int g = 0; g < G; ++g) {
-      const __m512i zero = _mm512_setzero_si512();
-      const __m512i s01 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[0], Load64(x[g]->qs)),
-                                             _mm512_dpbusd_epi32(zero, q[1], Load64(x[g]->qs + 64)));
-      const __m512i s23 = _mm512_packs_epi32(_mm512_dpbusd_epi32(zero, q[2], Load64(x[g]->qs + 128)),
-                                             _mm512_dpbusd_epi32(zero, q[3], Load64(x[g]->qs + 192)));
-      sumi[g] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(sumi[g], s01, scale01), s23, scale23);
-    }
+    for (int g = 0; g < G; ++g) sumi[g] = ScaledPieceSums(sumi[g], q, x[g]->qs, scale01, scale23);
     const __m512 d = _mm512_set1_ps(F16(w.d));
 #pragma GCC unroll 8
     for (int g = 0; g < G; ++g) {
