@@ -126,7 +126,19 @@ void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products,
     const int64_t tasks = first[i + 1] - first[i];
     const int64_t r0 = w.rows * (t - first[i]) / tasks;
     const int64_t r1 = w.rows * (t - first[i] + 1) / tasks;
-    kernels::Find(w.type)->gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, products[i].y + r0, w.rows);
+    const kernels::TypeKernels& k = *kernels::Find(w.type);
+    if (w.packed != nullptr && k.gemm_packed != nullptr) {
+      // Ranges of whole groups of the packed layout.
+      const int64_t groups = (w.rows + kernels::kPackRows - 1) / kernels::kPackRows;
+      const int64_t g0 = groups * (t - first[i]) / tasks, g1 = groups * (t - first[i] + 1) / tasks;
+      const int64_t p0 = g0 * kernels::kPackRows, p1 = std::min(w.rows, g1 * kernels::kPackRows);
+      if (p1 > p0) {
+        k.gemm_packed(cols, w.packed + static_cast<size_t>(g0) * k.packed_bytes(kernels::kPackRows, cols), p1 - p0, xv,
+                      x_stride, n, products[i].y + p0, w.rows);
+      }
+      return;
+    }
+    k.gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, products[i].y + r0, w.rows);
   };
   if (parallel) {
     pool.For(first[products.size()], task);

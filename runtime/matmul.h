@@ -9,6 +9,8 @@
 //    vec_dot_type once, then TypeKernels::gemm runs contiguous ranges of
 //    weight rows against all n rows, each weight block read once per tile of
 //    activation rows. A row's result does not depend on the other rows.
+//    Where the matrix has a packed copy (Matrix::packed, Q4_K on AVX-512 and
+//    AMX) gemm_packed runs instead, on ranges of whole 16-row groups.
 //  - sgemm (from sgemm_min_rows rows on): activations rounded through the
 //    vec_dot_type, weight panels dequantized to F32, OpenBLAS.
 // Owns the scratch it needs (converted activations, per-thread weight

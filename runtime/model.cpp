@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <new>
 #include <unordered_set>
 
 #include "runtime/kernels/kernels.h"
@@ -322,12 +323,36 @@ Status Model::Init(const std::string& /*name*/) {
   }
   RETURN_IF_ERROR(bind.CheckAllUsed());
 
+  // --- packed copies for the matrix products (a tied output shares token_embd's rows but is packed on its own) ---
+  std::vector<Matrix*> matrices;
+  for (LayerWeights& L : weights_.layers) {
+    for (Matrix* m : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) matrices.push_back(m);
+  }
+  matrices.push_back(&weights_.output);
+  packed_.resize(matrices.size());
+  for (size_t i = 0; i < matrices.size(); ++i) RETURN_IF_ERROR(PackMatrix(matrices[i], &packed_[i]));
+
   // --- tokenizer ---
   ASSIGN_OR_RETURN(tokenizer_, Tokenizer::FromGguf(gguf_));
   if (tokenizer_.n_tokens() != c.n_vocab) {
     return Status::Error("tokenizer has " + std::to_string(tokenizer_.n_tokens()) + " tokens but token_embd.weight has " +
                          std::to_string(c.n_vocab) + " rows");
   }
+  return Status::Ok();
+}
+
+Status PackMatrix(Matrix* w, PackedStorage* storage) {
+  const kernels::TypeKernels* k = kernels::FindWeight(w->type);
+  if (k == nullptr || k->pack == nullptr) return Status::Ok();
+  const size_t bytes = k->packed_bytes(w->rows, w->cols);
+  try {
+    storage->assign((bytes + sizeof(PackedLine) - 1) / sizeof(PackedLine), PackedLine{});
+  } catch (const std::bad_alloc&) {
+    return Status::Error("out of memory packing a " + std::to_string(w->rows) + " x " + std::to_string(w->cols) + " " +
+                         TensorTypeName(w->type) + " matrix (" + std::to_string(bytes) + " bytes)");
+  }
+  k->pack(w->data, w->row_bytes, w->rows, w->cols, storage->data());
+  w->packed = storage->data()->bytes;
   return Status::Ok();
 }
 

@@ -71,9 +71,23 @@ struct Matrix {
   int64_t cols = 0;
   size_t row_bytes = 0;
   const uint8_t* data = nullptr;
+  // The same matrix in the kernels' packed layout (TypeKernels::pack), or
+  // null; the matrix products use it when the current kernels have
+  // gemm_packed. Owned by whoever packed it (Model::packed_).
+  const uint8_t* packed = nullptr;
 
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
 };
+
+// 64-byte-aligned storage for a packed matrix.
+struct alignas(64) PackedLine {
+  uint8_t bytes[64];
+};
+using PackedStorage = std::vector<PackedLine>;
+
+// Packs `w` into `storage` and points w->packed at it when the current
+// kernels have a packed layout for w's type; otherwise leaves both alone.
+Status PackMatrix(Matrix* w, PackedStorage* storage);
 
 // Vectors are F32 in the mapping; optional ones are null when absent.
 struct LayerWeights {
@@ -132,6 +146,8 @@ class Model {
   GgufFile gguf_;
   LlamaConfig config_;
   LlamaWeights weights_;
+  // The packed copies of the matrices (PackMatrix), one per packed matrix.
+  std::vector<PackedStorage> packed_;
   Tokenizer tokenizer_;
   std::string name_;
 };

@@ -232,4 +232,9 @@ const TypeKernels* Avx2QuantKernels(TensorType type);
 // AVX2's); only call when the CPU has it.
 const TypeKernels* Avx512Kernels(TensorType type);
 
+// Returns the table of `type` with the packed layout (Q4_K, Q6_K) or nullptr:
+// AVX-512's plus packed products on VNNI, or with `amx` on AMX tiles (only
+// when the CPU has AMX and the process may use it).
+const TypeKernels* PackedKernels(TensorType type, bool amx);
+
 }  // namespace appliance::runtime::kernels::internal

@@ -1,6 +1,8 @@
 #include "runtime/kernels/kernels.h"
 
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <bit>
@@ -43,7 +45,26 @@ bool CpuHasAvx512Vnni() {
   return (Xcr0() & 0xe6u) == 0xe6u;
 }
 
+// On top of AVX-512 VNNI: AMX-TILE and AMX-INT8 (leaf 7 EDX bits 24, 25) and
+// the OS managing the tile state (XCR0 bits 17, 18). Linux gives a process the
+// 8 KiB tile state only once it asks (the signal frames grow with it), so the
+// one permission request lives here: the kernels use the tiles only after it
+// succeeded. The sandbox's seccomp policy admits arch_prctl.
+bool CpuHasAmxInt8() {
+  if (!CpuHasAvx512Vnni()) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (__get_cpuid_count(7, 0, &a, &b, &c, &d) == 0) return false;
+  if ((d & (1u << 24)) == 0 || (d & (1u << 25)) == 0) return false;
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) return false;
+  constexpr long kArchReqXcompPerm = 0x1023;  // asm/prctl.h
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
 Isa Detect() {
+  if (CpuHasAmxInt8()) return Isa::kAmx;
   if (CpuHasAvx512Vnni()) return Isa::kAvx512;
   return CpuHasAvx2Fma16c() ? Isa::kAvx2 : Isa::kPortable;
 }
@@ -59,6 +80,7 @@ bool IsaAvailable(Isa isa) { return static_cast<int>(isa) <= static_cast<int>(Ac
 
 const char* IsaName(Isa isa) {
   switch (isa) {
+    case Isa::kAmx: return "amx";
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
     case Isa::kPortable: break;
@@ -69,7 +91,8 @@ const char* IsaName(Isa isa) {
 const TypeKernels* FindFor(TensorType type, Isa isa) {
   if (!IsaAvailable(isa)) return nullptr;
   const TypeKernels* k = nullptr;
-  if (isa == Isa::kAvx512) k = internal::Avx512Kernels(type);
+  if (isa >= Isa::kAvx512) k = internal::PackedKernels(type, isa == Isa::kAmx);
+  if (k == nullptr && isa >= Isa::kAvx512) k = internal::Avx512Kernels(type);
   if (k == nullptr && isa != Isa::kPortable) k = internal::Avx2Kernels(type);
   return k != nullptr ? k : internal::PortableKernels(type);
 }

@@ -7,9 +7,10 @@
 // here is what makes our logits match llama.cpp's, and it is the shape the
 // quantized SIMD kernels need (integer dot products on quantized blocks).
 //
-// Implementations: a portable C++ path, an x86 AVX2+FMA+F16C path and an
-// AVX-512 (F, BW, VL, DQ, VNNI) path, chosen at run time by CPUID. An ISA
-// table without an entry for a type falls back to the next lower tier's.
+// Implementations: a portable C++ path, an x86 AVX2+FMA+F16C path, an
+// AVX-512 (F, BW, VL, DQ, VNNI) path and an AMX (tile, int8) path for the
+// K-quants, chosen at run time by CPUID. An ISA table without an entry for a
+// type falls back to the next lower tier's.
 // Adding a type or an ISA means filling one more table.
 #pragma once
 
@@ -51,7 +52,27 @@ struct TypeKernels {
   // tiled integer kernels). Below it, results are the same for a row whether
   // it is multiplied alone or with others.
   int64_t sgemm_min_rows;
+
+  // Optional (Q4_K and Q6_K from the AVX-512 tier on): a second layout of a
+  // whole matrix, rows in groups of kPackRows with each group's blocks
+  // interleaved across its rows (kernels_packed.cpp), and products on it.
+  // The runtime packs a model's matrices once at load. Null: no such layout.
+  // Bytes of the packed form of rows x cols.
+  size_t (*packed_bytes)(int64_t rows, int64_t cols) = nullptr;
+  // Writes the packed form of rows x cols (row r at w + r * w_stride) to out
+  // (packed_bytes of it, 64-byte aligned).
+  void (*pack)(const void* w, size_t w_stride, int64_t rows, int64_t cols, void* out) = nullptr;
+  // y[j * y_stride + i] = the product of row i of the packed rows starting at
+  // `w` (a group boundary: packed + group * packed_bytes(kPackRows, n)) with
+  // activation row j, for i < rows, j < nx. Each result is bit-identical
+  // whatever nx and however the rows are split into calls, on every tier
+  // that has it (VNNI and AMX compute the same integers and float steps).
+  void (*gemm_packed)(int64_t n, const void* w, int64_t rows, const void* x, size_t x_stride, int64_t nx, float* y,
+                      int64_t y_stride) = nullptr;
 };
+
+// Rows per group of the packed layout.
+inline constexpr int64_t kPackRows = 16;
 
 // Float vector primitives used by the forward pass (attention).
 struct VecKernels {
@@ -75,11 +96,14 @@ struct VecKernels {
 };
 
 // Tiers in increasing order; a CPU that has a tier has every lower one.
-enum class Isa { kPortable, kAvx2, kAvx512 };
+enum class Isa { kPortable, kAvx2, kAvx512, kAmx };
 
-// The ISA the dispatcher picked for this CPU: kAvx512 when AVX-512 F, BW, VL,
-// DQ and VNNI are present (with AVX2) and the OS saves ZMM state, else kAvx2
-// when AVX2, FMA and F16C are present and the OS saves YMM state.
+// The ISA the dispatcher picked for this CPU: kAmx when on top of kAvx512 the
+// CPU has AMX-TILE and AMX-INT8 and the kernel granted this process the tile
+// state (arch_prctl ARCH_REQ_XCOMP_PERM, asked for once, here); kAvx512 when
+// AVX-512 F, BW, VL, DQ and VNNI are present (with AVX2) and the OS saves ZMM
+// state, else kAvx2 when AVX2, FMA and F16C are present and the OS saves YMM
+// state.
 Isa ActiveIsa();
 // Whether this CPU can run `isa`'s kernels.
 bool IsaAvailable(Isa isa);

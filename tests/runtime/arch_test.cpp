@@ -214,7 +214,7 @@ TEST_P(ArchTest, MatchesNaiveReference) {
   const std::vector<std::vector<double>> rounded =
       testing::NaiveForward(m, tokens, testing::Activations::kAsVecDotType);
 
-  for (kernels::Isa isa : {kernels::Isa::kPortable, kernels::Isa::kAvx2, kernels::Isa::kAvx512}) {
+  for (kernels::Isa isa : {kernels::Isa::kPortable, kernels::Isa::kAvx2, kernels::Isa::kAvx512, kernels::Isa::kAmx}) {
     if (!kernels::IsaAvailable(isa)) continue;
     kernels::OverrideIsaForTesting(isa);
     ContextOptions o;

@@ -104,7 +104,7 @@ TEST_P(KernelsTest, IsaPathsAgreeWithPortable) {
       }
       EXPECT_NEAR(dot_ref, exact, step * mag + 1e-4 * mag);
     }
-    for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    for (Isa isa : {Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
       const kernels::TypeKernels* k = kernels::FindFor(type, isa);
       if (k == nullptr) continue;  // CPU without this ISA
       SCOPED_TRACE(std::string(kernels::IsaName(isa)) + " n=" + std::to_string(n));
@@ -185,7 +185,7 @@ TEST(Kernels, SwiGluMatchesReference) {
   gate[2] = 95.0f;
   gate[3] = -95.0f;
   gate[4] = 1e-30f;
-  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
     const kernels::VecKernels* impl = kernels::VecFor(isa);
     if (impl == nullptr) continue;
     SCOPED_TRACE(kernels::IsaName(isa));
@@ -212,7 +212,7 @@ TEST(Kernels, SoftmaxMatchesReference) {
   for (int64_t n : {1, 7, 8, 9, 100}) {
     std::vector<float> x = RandomFloats(static_cast<size_t>(n), static_cast<uint64_t>(n), 30.0f);
     if (n > 2) x[1] = -1e4f;  // exp underflows to 0
-    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
       const kernels::VecKernels* impl = kernels::VecFor(isa);
       if (impl == nullptr) continue;
       SCOPED_TRACE(std::string(kernels::IsaName(isa)) + " n=" + std::to_string(n));

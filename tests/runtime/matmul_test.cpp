@@ -32,12 +32,12 @@ TEST_P(MatMulTest, AgreesAcrossThreadsBatchesAndWithDouble) {
   for (float& v : wf) v = rng.Symmetric(1.0f);
   const std::vector<uint8_t> wq = testing::Encode(type, wf.data(), rows * cols);
   const std::vector<double> wd = testing::Decode(type, wq.data(), rows * cols);
-  Matrix w;
-  w.type = static_cast<TensorType>(type);
-  w.rows = rows;
-  w.cols = cols;
-  w.row_bytes = wq.size() / rows;
-  w.data = wq.data();
+  Matrix w_rows;
+  w_rows.type = static_cast<TensorType>(type);
+  w_rows.rows = rows;
+  w_rows.cols = cols;
+  w_rows.row_bytes = wq.size() / rows;
+  w_rows.data = wq.data();
   std::vector<float> x(static_cast<size_t>(max_n * cols));
   for (float& v : x) v = rng.Symmetric(1.0f);
 
@@ -45,10 +45,15 @@ TEST_P(MatMulTest, AgreesAcrossThreadsBatchesAndWithDouble) {
   MatMulEngine e1, e3;
   ASSERT_TRUE(e1.Allocate(cols, max_n, 1).ok());
   ASSERT_TRUE(e3.Allocate(cols, max_n, 3).ok());
-  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
     if (!kernels::IsaAvailable(isa)) continue;
     kernels::OverrideIsaForTesting(isa);
-    const kernels::TypeKernels& k = *kernels::Find(w.type);
+    const kernels::TypeKernels& k = *kernels::Find(w_rows.type);
+    // The packed layout where this tier has one (as Model::Load does).
+    Matrix w = w_rows;
+    PackedStorage packed;
+    ASSERT_TRUE(PackMatrix(&w, &packed).ok());
+    EXPECT_EQ(w.packed != nullptr, k.gemm_packed != nullptr);
     // Each activation row alone (single decode).
     std::vector<float> single(static_cast<size_t>(max_n * rows));
     for (int64_t j = 0; j < max_n; ++j) e3.Run(three, w, x.data() + j * cols, 1, single.data() + j * rows);

@@ -22,7 +22,7 @@ using namespace testing;  // NOLINT: the quant_ref helpers
 
 std::vector<Isa> Isas() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
     if (kernels::IsaAvailable(isa)) out.push_back(isa);
   }
   return out;
