@@ -1,9 +1,13 @@
 #include "runtime/model.h"
 
+#include <sys/mman.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
-#include <new>
+#include <cstring>
 #include <unordered_set>
+#include <utility>
 
 #include "runtime/kernels/kernels.h"
 
@@ -341,18 +345,55 @@ Status Model::Init(const std::string& /*name*/) {
   return Status::Ok();
 }
 
+PackedStorage::PackedStorage(PackedStorage&& other) noexcept
+    : base_(std::exchange(other.base_, nullptr)),
+      mapped_(std::exchange(other.mapped_, 0)),
+      data_(std::exchange(other.data_, nullptr)) {}
+
+PackedStorage& PackedStorage::operator=(PackedStorage&& other) noexcept {
+  if (this != &other) {
+    Release();
+    base_ = std::exchange(other.base_, nullptr);
+    mapped_ = std::exchange(other.mapped_, 0);
+    data_ = std::exchange(other.data_, nullptr);
+  }
+  return *this;
+}
+
+PackedStorage::~PackedStorage() { Release(); }
+
+void PackedStorage::Release() {
+  if (base_ != nullptr) munmap(base_, mapped_);
+  base_ = nullptr;
+  mapped_ = 0;
+  data_ = nullptr;
+}
+
+Status PackedStorage::Allocate(size_t bytes) {
+  Release();
+  constexpr size_t kHugePage = size_t{2} << 20;
+  const size_t mapped = bytes + kHugePage;
+  void* base = mmap(nullptr, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (base == MAP_FAILED) return Status::Error("mmap " + std::to_string(mapped) + " bytes: " + std::strerror(errno));
+  base_ = base;
+  mapped_ = mapped;
+  const uintptr_t aligned = (reinterpret_cast<uintptr_t>(base) + kHugePage - 1) & ~(kHugePage - 1);
+  data_ = reinterpret_cast<uint8_t*>(aligned);
+  // Advice only: without THP (or with it disabled) the pages are 4 KiB.
+  madvise(data_, bytes, MADV_HUGEPAGE);
+  return Status::Ok();
+}
+
 Status PackMatrix(Matrix* w, PackedStorage* storage) {
   const kernels::TypeKernels* k = kernels::FindWeight(w->type);
   if (k == nullptr || k->pack == nullptr) return Status::Ok();
   const size_t bytes = k->packed_bytes(w->rows, w->cols);
-  try {
-    storage->assign((bytes + sizeof(PackedLine) - 1) / sizeof(PackedLine), PackedLine{});
-  } catch (const std::bad_alloc&) {
-    return Status::Error("out of memory packing a " + std::to_string(w->rows) + " x " + std::to_string(w->cols) + " " +
-                         TensorTypeName(w->type) + " matrix (" + std::to_string(bytes) + " bytes)");
+  if (Status s = storage->Allocate(bytes); !s.ok()) {
+    return Status::Error("packing a " + std::to_string(w->rows) + " x " + std::to_string(w->cols) + " " +
+                         TensorTypeName(w->type) + " matrix: " + s.message());
   }
   k->pack(w->data, w->row_bytes, w->rows, w->cols, storage->data());
-  w->packed = storage->data()->bytes;
+  w->packed = storage->data();
   return Status::Ok();
 }
 

@@ -79,11 +79,29 @@ struct Matrix {
   const uint8_t* row(int64_t r) const { return data + static_cast<size_t>(r) * row_bytes; }
 };
 
-// 64-byte-aligned storage for a packed matrix.
-struct alignas(64) PackedLine {
-  uint8_t bytes[64];
+// Anonymous memory for a packed matrix, 2 MiB-aligned and advised for
+// transparent huge pages: decoding streams it once per token, and through
+// 4 KiB pages that costs a TLB miss every 4 KiB (measured on a 1B model:
+// 0.82 of the bandwidth ceiling instead of 0.95). Unmapped on destruction.
+class PackedStorage {
+ public:
+  PackedStorage() = default;
+  PackedStorage(PackedStorage&& other) noexcept;
+  PackedStorage& operator=(PackedStorage&& other) noexcept;
+  PackedStorage(const PackedStorage&) = delete;
+  PackedStorage& operator=(const PackedStorage&) = delete;
+  ~PackedStorage();
+
+  // Maps `bytes` (zeroed), replacing any earlier mapping.
+  Status Allocate(size_t bytes);
+  uint8_t* data() const { return data_; }
+
+ private:
+  void Release();
+  void* base_ = nullptr;  // the mapping, for munmap
+  size_t mapped_ = 0;
+  uint8_t* data_ = nullptr;  // base_ rounded up to 2 MiB
 };
-using PackedStorage = std::vector<PackedLine>;
 
 // Packs `w` into `storage` and points w->packed at it when the current
 // kernels have a packed layout for w's type; otherwise leaves both alone.

@@ -104,6 +104,7 @@ struct Q4K {
   // The 16 weight dwords of chunk j (elements 64j..64j+63) in element order:
   // sub-block 2j is the low nibbles of qs dwords 8j..8j+7, 2j + 1 the high.
   APPLIANCE_AVX512 static void Chunk(const Packed& p, int j, __m512i (&out)[16]) {
+    PrefetchAhead<8 * sizeof p.qs[0]>(p.qs[8 * j]);
     const __m512i nibble = _mm512_set1_epi32(0x0f0f0f0f);
     for (int r = 0; r < 8; ++r) {
       const __m512i raw = Load(p.qs[8 * j + r]);
@@ -113,6 +114,7 @@ struct Q4K {
   }
 
   APPLIANCE_AVX512 static void Scales(const Packed& p, BlockScales& s) {
+    PrefetchAhead<sizeof p.sm + sizeof p.d + sizeof p.dmin>(p.sm);
     __m512i v[4];
     for (int i = 0; i < 4; ++i) v[i] = Load(p.sm[i]);
     for (int k = 0; k < 8; ++k) _mm512_store_si512(s.scale[k], ByteU(v[k / 4], k % 4));
@@ -196,7 +198,6 @@ APPLIANCE_AVX512 void GemmVnni(int64_t n, const void* w, int64_t rows, const voi
       for (int a = 0; a < kVnniActs; ++a) acc[a] = _mm512_setzero_ps();
       for (int64_t b = 0; b < nb; ++b) {
         const typename K::Packed& p = group[b];
-        PrefetchAhead<sizeof(typename K::Packed)>(&p);
         BlockScales s;
         K::Scales(p, s);
         __m512i t[kVnniActs];
