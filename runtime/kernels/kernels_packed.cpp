@@ -300,6 +300,10 @@ APPLIANCE_AMX void PackActs(const uint8_t* x, size_t x_stride, int count, int64_
   }
 }
 
+// C tile j = A tile (chunk j) x B tile (chunk j), for j < 4, stored to `c`.
+// Written out: a tile register is an immediate of the instruction, so the
+// four chunks cannot be a loop; A and B alternate between two registers each
+// so the next chunk's loads overlap the previous product.
 APPLIANCE_AMX void Multiply(const WeightBlock& w, const ActBlock& x, BlockSums& c) {
   _tile_zero(0);
   _tile_zero(1);
