@@ -332,13 +332,15 @@ void Context::Attention(int64_t layer, int64_t n_runs) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(hk));
   const kernels::VecKernels& vec = kernels::Vec();
 
-  // A run of one token has a task per head, a longer one a task per (block of
-  // queries, head); the tasks of all runs form one pool job.
+  // A run of one token has a task per KV head (its `group` query heads one
+  // after the other, so the cached rows they share are read from memory once
+  // and then from L1: with several jobs the caches are in L3), a longer one a
+  // task per (block of queries, head); the tasks of all runs form one pool job.
   int64_t tasks = 0, work = 0;
   for (int64_t r = 0; r < n_runs; ++r) {
     Run& run = runs_[static_cast<size_t>(r)];
     run.task0 = tasks;
-    tasks += run.m == 1 ? n_head : (run.m + kQueryBlock - 1) / kQueryBlock * n_head;
+    tasks += run.m == 1 ? cfg_.n_head_kv : (run.m + kQueryBlock - 1) / kQueryBlock * n_head;
     work += (run.pos0 + run.m) * run.m * (hk + hv) * n_head;
   }
   auto task = [&](int64_t t, int thread) {
@@ -349,22 +351,23 @@ void Context::Attention(int64_t layer, int64_t n_runs) {
     const uint8_t* kc = KRow(layer, run.seq, 0);
     const uint8_t* vc = VRow(layer, run.seq, 0);
     if (run.m == 1) {
-      // Decode: one query against the run's cache, threaded dot products.
-      const int64_t h = local;
-      const int64_t g = h / group;
+      // Decode: one query per head of KV head g against the run's cache.
+      const int64_t g = local;
       const int64_t len = run.pos0 + 1;
       float* s = scores_[static_cast<size_t>(thread)].data();
-      const float* q = q_.data() + run.i0 * q_dim + h * hk;
-      float* out = att_.data() + run.i0 * a_dim + h * hv;
-      std::fill(out, out + hv, 0.0f);
-      if (kv_type_ == TensorType::kF16) {
-        vec.dot_rows_f16(hk, q, reinterpret_cast<const uint16_t*>(kc) + g * hk, k_dim, len, s);
-        vec.softmax_f32(len, s, scale);
-        vec.axpy_rows_f16(hv, s, reinterpret_cast<const uint16_t*>(vc) + g * hv, v_dim, len, out);
-      } else {
-        vec.dot_rows_f32(hk, q, reinterpret_cast<const float*>(kc) + g * hk, k_dim, len, s);
-        vec.softmax_f32(len, s, scale);
-        vec.axpy_rows_f32(hv, s, reinterpret_cast<const float*>(vc) + g * hv, v_dim, len, out);
+      for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+        const float* q = q_.data() + run.i0 * q_dim + h * hk;
+        float* out = att_.data() + run.i0 * a_dim + h * hv;
+        std::fill(out, out + hv, 0.0f);
+        if (kv_type_ == TensorType::kF16) {
+          vec.dot_rows_f16(hk, q, reinterpret_cast<const uint16_t*>(kc) + g * hk, k_dim, len, s);
+          vec.softmax_f32(len, s, scale);
+          vec.axpy_rows_f16(hv, s, reinterpret_cast<const uint16_t*>(vc) + g * hv, v_dim, len, out);
+        } else {
+          vec.dot_rows_f32(hk, q, reinterpret_cast<const float*>(kc) + g * hk, k_dim, len, s);
+          vec.softmax_f32(len, s, scale);
+          vec.axpy_rows_f32(hv, s, reinterpret_cast<const float*>(vc) + g * hv, v_dim, len, out);
+        }
       }
       return;
     }

@@ -231,6 +231,7 @@ const TypeKernels* Avx2QuantKernels(TensorType type);
 // Returns the AVX-512 table for `type` or nullptr (the caller falls back to
 // AVX2's); only call when the CPU has it.
 const TypeKernels* Avx512Kernels(TensorType type);
+const VecKernels* Avx512Vec();
 
 // Returns the table of `type` with the packed layout (Q4_K, Q6_K) or nullptr:
 // AVX-512's plus packed products on VNNI, or with `amx` on AMX tiles (only

@@ -390,6 +390,122 @@ APPLIANCE_AVX512 void Q8_0FromFloat(const float* src, void* dst, int64_t n) {
   }
 }
 
+// --- attention primitives (VecKernels) ---
+
+// Sixteen KV cache elements as floats: F32 as they are, F16 widened.
+APPLIANCE_AVX512 inline __m512 Load16(const float* p) { return _mm512_loadu_ps(p); }
+APPLIANCE_AVX512 inline __m512 Load16(const uint16_t* p) { return _mm512_cvtph_ps(Load32(p)); }
+
+// Heads of 16, 32, 64 or 128 elements are kept in registers (q, or the
+// output's partial sums); other sizes take the AVX2 kernels.
+
+// r[j] = the sum of a[j]'s 16 lanes, for j < 16: a transposing tree of
+// unpack/shuffle + add (45 instructions for 16 sums, against ~6 per
+// horizontal sum). Each sum sees only its own lanes, in an order that does
+// not depend on the other vectors, so a key's score is the same in a full
+// group of 16 and in the tail.
+APPLIANCE_AVX512 inline __m512 SumEach16(const __m512 (&a)[16]) {
+  __m512 b[8];  // per 128-bit lane: keys (2i, 2i + 1, 2i, 2i + 1)
+  for (int i = 0; i < 8; ++i) {
+    b[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+  }
+  __m512 c[4];  // per 128-bit lane: keys 4i..4i+3
+  for (int i = 0; i < 4; ++i) {
+    const __m512d lo = _mm512_unpacklo_pd(_mm512_castps_pd(b[2 * i]), _mm512_castps_pd(b[2 * i + 1]));
+    const __m512d hi = _mm512_unpackhi_pd(_mm512_castps_pd(b[2 * i]), _mm512_castps_pd(b[2 * i + 1]));
+    c[i] = _mm512_add_ps(_mm512_castpd_ps(lo), _mm512_castpd_ps(hi));
+  }
+  __m512 d[2];  // 128-bit lanes: keys 8i..8i+3 twice, then 8i+4..8i+7 twice
+  for (int i = 0; i < 2; ++i) {
+    d[i] = _mm512_add_ps(_mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(c[2 * i], c[2 * i + 1], _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(d[0], d[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Scores of 16 keys at a time: per key one FMA chain over the head's kNv
+// vectors, then SumEach16. The tail group's missing keys are zero vectors.
+template <int kNv, typename T>
+APPLIANCE_AVX512 void DotRowsN(const float* q, const T* k, int64_t stride, int64_t count, float* out) {
+  __m512 vq[kNv];
+  for (int c = 0; c < kNv; ++c) vq[c] = _mm512_loadu_ps(q + 16 * c);
+  for (int64_t t0 = 0; t0 < count; t0 += 16) {
+    const int keys = static_cast<int>(std::min<int64_t>(16, count - t0));
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; ++j) {
+      acc[j] = _mm512_setzero_ps();
+      const T* kt = k + (t0 + std::min(j, keys - 1)) * stride;  // in bounds; unused when j >= keys
+#pragma GCC unroll 8
+      for (int c = 0; c < kNv; ++c) acc[j] = _mm512_fmadd_ps(vq[c], Load16(kt + 16 * c), acc[j]);
+    }
+    _mm512_mask_storeu_ps(out + t0, static_cast<__mmask16>((1u << keys) - 1), SumEach16(acc));
+  }
+}
+
+template <typename T>
+APPLIANCE_AVX512 void DotRows(int64_t n, const float* q, const T* k, int64_t stride, int64_t count, float* out) {
+  switch (n) {
+    case 16: return DotRowsN<1>(q, k, stride, count, out);
+    case 32: return DotRowsN<2>(q, k, stride, count, out);
+    case 64: return DotRowsN<4>(q, k, stride, count, out);
+    case 128: return DotRowsN<8>(q, k, stride, count, out);
+    default: break;
+  }
+  const VecKernels& avx2 = *Avx2Vec();
+  if constexpr (std::is_same_v<T, float>) {
+    avx2.dot_rows_f32(n, q, k, stride, count, out);
+  } else {
+    avx2.dot_rows_f16(n, q, k, stride, count, out);
+  }
+}
+
+// out += sum_t p[t] v[t]: the head's kNv vectors in registers, two FMA
+// chains per vector (even and odd keys, added at the end) so that the adds
+// of consecutive keys overlap.
+template <int kNv, typename T>
+APPLIANCE_AVX512 void AxpyRowsN(const float* p, const T* v, int64_t stride, int64_t count, float* out) {
+  __m512 even[kNv], odd[kNv];
+  for (int c = 0; c < kNv; ++c) {
+    even[c] = _mm512_loadu_ps(out + 16 * c);
+    odd[c] = _mm512_setzero_ps();
+  }
+  int64_t t = 0;
+  for (; t + 2 <= count; t += 2) {
+    const __m512 p0 = _mm512_set1_ps(p[t]), p1 = _mm512_set1_ps(p[t + 1]);
+    const T* v0 = v + t * stride;
+    const T* v1 = v0 + stride;
+#pragma GCC unroll 8
+    for (int c = 0; c < kNv; ++c) {
+      even[c] = _mm512_fmadd_ps(p0, Load16(v0 + 16 * c), even[c]);
+      odd[c] = _mm512_fmadd_ps(p1, Load16(v1 + 16 * c), odd[c]);
+    }
+  }
+  if (t < count) {
+    const __m512 p0 = _mm512_set1_ps(p[t]);
+    for (int c = 0; c < kNv; ++c) even[c] = _mm512_fmadd_ps(p0, Load16(v + t * stride + 16 * c), even[c]);
+  }
+  for (int c = 0; c < kNv; ++c) _mm512_storeu_ps(out + 16 * c, _mm512_add_ps(even[c], odd[c]));
+}
+
+template <typename T>
+APPLIANCE_AVX512 void AxpyRows(int64_t n, const float* p, const T* v, int64_t stride, int64_t count, float* out) {
+  switch (n) {
+    case 16: return AxpyRowsN<1>(p, v, stride, count, out);
+    case 32: return AxpyRowsN<2>(p, v, stride, count, out);
+    case 64: return AxpyRowsN<4>(p, v, stride, count, out);
+    case 128: return AxpyRowsN<8>(p, v, stride, count, out);
+    default: break;
+  }
+  const VecKernels& avx2 = *Avx2Vec();
+  if constexpr (std::is_same_v<T, float>) {
+    avx2.axpy_rows_f32(n, p, v, stride, count, out);
+  } else {
+    avx2.axpy_rows_f16(n, p, v, stride, count, out);
+  }
+}
+
 template <typename K>
 TypeKernels Tiled(TensorType type, TensorType vec_dot_type, void (*from_float)(const float*, void*, int64_t)) {
   return {type, vec_dot_type, Avx2Kernels(type)->to_float, from_float, VecDot<K>, Gemm<K>, 0};
@@ -421,6 +537,19 @@ const TypeKernels* Avx512Kernels(TensorType type) {
     case TensorType::kQ6_K: return &kQ6_K;
     default: return nullptr;
   }
+}
+
+// Attention's dot and axpy rows on 512-bit vectors; the rest is AVX2's.
+const VecKernels* Avx512Vec() {
+  static const VecKernels kVec = [] {
+    VecKernels v = *Avx2Vec();
+    v.dot_rows_f32 = DotRows<float>;
+    v.axpy_rows_f32 = AxpyRows<float>;
+    v.dot_rows_f16 = DotRows<uint16_t>;
+    v.axpy_rows_f16 = AxpyRows<uint16_t>;
+    return v;
+  }();
+  return &kVec;
 }
 
 }  // namespace appliance::runtime::kernels::internal

@@ -127,12 +127,13 @@ INSTANTIATE_TEST_SUITE_P(Types, KernelsTest,
                                            TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K),
                          TypeName);
 
+// Head sizes: the AVX2 special case (8), odd (13), AVX-512's register paths
+// (16, 64, 128) and its fallback (144); key counts with and without a tail of
+// a 16-key group.
 TEST(Kernels, VecPrimitivesAgree) {
-  const kernels::VecKernels* p = kernels::VecFor(Isa::kPortable);
-  const kernels::VecKernels* v = kernels::VecFor(Isa::kAvx2);
-  for (int64_t n : {8, 13, 64}) {
-    SCOPED_TRACE(n);
-    const int64_t count = 37, stride = n + 5;
+  for (const auto& [n, count] : {std::pair<int64_t, int64_t>{8, 37}, {13, 37}, {16, 16}, {64, 37}, {64, 1}, {128, 33}, {144, 20}}) {
+    SCOPED_TRACE("n=" + std::to_string(n) + " count=" + std::to_string(count));
+    const int64_t stride = n + 5;
     const std::vector<float> q = RandomFloats(static_cast<size_t>(n), 3, 1.0f);
     const std::vector<float> k = RandomFloats(static_cast<size_t>(count * stride), 4, 1.0f);
     const std::vector<float> probs = RandomFloats(static_cast<size_t>(count), 5, 1.0f);
@@ -156,8 +157,10 @@ TEST(Kernels, VecPrimitivesAgree) {
         acc16[static_cast<size_t>(i)] += static_cast<double>(probs[static_cast<size_t>(t)]) * kv;
       }
     }
-    for (const kernels::VecKernels* impl : {p, v}) {
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx}) {
+      const kernels::VecKernels* impl = kernels::VecFor(isa);
       if (impl == nullptr) continue;
+      SCOPED_TRACE(kernels::IsaName(isa));
       std::vector<float> out16(static_cast<size_t>(count));
       impl->dot_rows_f16(n, q.data(), k16.data(), stride, count, out16.data());
       for (int64_t t = 0; t < count; ++t) EXPECT_NEAR(out16[static_cast<size_t>(t)], dots16[static_cast<size_t>(t)], 1e-5);
