@@ -61,10 +61,11 @@ struct PackedQ4K {
 };
 static_assert(sizeof(PackedQ4K) % 64 == 0);
 
-// Per block, vectors over the 16 rows: integer scales per sub-block, the
-// mins as int16 pairs (m_2j, m_2j+1), and the float scales.
+// Per block, vectors over the 16 rows: the sub-blocks' scales (6-bit
+// integers, as floats), the mins as int16 pairs (m_2j, m_2j+1), and the
+// float scales.
 struct alignas(64) BlockScales {
-  int32_t scale[8][kRows];
+  float scale[8][kRows];
   int32_t pairs[4][kRows];
   float d[kRows];
   float dmin[kRows];
@@ -117,7 +118,7 @@ struct Q4K {
     PrefetchAhead<sizeof p.sm + sizeof p.d + sizeof p.dmin>(p.sm);
     __m512i v[4];
     for (int i = 0; i < 4; ++i) v[i] = Load(p.sm[i]);
-    for (int k = 0; k < 8; ++k) _mm512_store_si512(s.scale[k], ByteU(v[k / 4], k % 4));
+    for (int k = 0; k < 8; ++k) _mm512_store_ps(s.scale[k], _mm512_cvtepi32_ps(ByteU(v[k / 4], k % 4)));
     // (m_2j, m_2j+1): bytes 2j and 2j + 1 of the mins.
     for (int j = 0; j < 4; ++j) {
       _mm512_store_si512(s.pairs[j], Pair16(ByteU(v[2 + j / 2], 2 * (j % 2)), ByteU(v[2 + j / 2], 2 * (j % 2) + 1)));
@@ -136,15 +137,24 @@ struct Q4K {
     }
   }
 
+  // t += scale_s S_s for sub-block s's integer sum S: a float FMA, one
+  // uop, where vpmulld takes two on the busiest port. Every term is an exact
+  // float (|S| <= 32 * 15 * 127, scale < 64: below 2^24); the sum of a
+  // block's eight rounds the same way on every path, as each adds them in
+  // sub-block order.
+  APPLIANCE_AVX512 static __m512 AddScaled(__m512 t, __m512i sum, const BlockScales& s, int sub) {
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_load_ps(s.scale[sub]), t);
+  }
+
   // acc += d dy T - dmin dy M, M = sum_s m_s (sub-block s's activation sum).
-  APPLIANCE_AVX512 static __m512 Finish(const BlockScales& s, __m512i t, const int32_t (&xp)[4], float dy,
+  APPLIANCE_AVX512 static __m512 Finish(const BlockScales& s, __m512 t, const int32_t (&xp)[4], float dy,
                                         __m512 acc) {
     __m512i mins = _mm512_setzero_si512();
     for (int j = 0; j < 4; ++j) {
       mins = _mm512_dpwssd_epi32(mins, _mm512_load_si512(s.pairs[j]), _mm512_set1_epi32(xp[j]));
     }
     const __m512 vdy = _mm512_set1_ps(dy);
-    acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_load_ps(s.d), vdy), _mm512_cvtepi32_ps(t), acc);
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_load_ps(s.d), vdy), t, acc);
     return _mm512_fnmadd_ps(_mm512_mul_ps(_mm512_load_ps(s.dmin), vdy), _mm512_cvtepi32_ps(mins), acc);
   }
 };
@@ -200,8 +210,8 @@ APPLIANCE_AVX512 void GemmVnni(int64_t n, const void* w, int64_t rows, const voi
         const typename K::Packed& p = group[b];
         BlockScales s;
         K::Scales(p, s);
-        __m512i t[kVnniActs];
-        for (int a = 0; a < kVnniActs; ++a) t[a] = _mm512_setzero_si512();
+        __m512 t[kVnniActs];
+        for (int a = 0; a < kVnniActs; ++a) t[a] = _mm512_setzero_ps();
         for (int j = 0; j < kChunks; ++j) {
           __m512i wq[16];
           K::Chunk(p, j, wq);
@@ -214,7 +224,7 @@ APPLIANCE_AVX512 void GemmVnni(int64_t n, const void* w, int64_t rows, const voi
                 std::memcpy(&dw, qs + 4 * (kDwords * q + i), 4);
                 sum = _mm512_dpbusd_epi32(sum, wq[kDwords * q + i], _mm512_set1_epi32(dw));
               }
-              t[a] = _mm512_add_epi32(t[a], _mm512_mullo_epi32(sum, _mm512_load_si512(s.scale[kSub * j + q])));
+              t[a] = K::AddScaled(t[a], sum, s, kSub * j + q);
             }
           }
         }
@@ -334,12 +344,9 @@ APPLIANCE_AMX void MultiplyAccumulate(const WeightBlock& w, const ActBlock& x, i
   constexpr int kSub = K::kSubPerChunk;
   Multiply(w, x, sums);
   for (int a = 0; a < count; ++a) {
-    __m512i t = _mm512_setzero_si512();
+    __m512 t = _mm512_setzero_ps();
     for (int j = 0; j < kChunks; ++j) {
-      for (int q = 0; q < kSub; ++q) {
-        t = _mm512_add_epi32(t, _mm512_mullo_epi32(_mm512_load_si512(sums.s[j][kSub * a + q]),
-                                                   _mm512_load_si512(w.scales.scale[kSub * j + q])));
-      }
+      for (int q = 0; q < kSub; ++q) t = K::AddScaled(t, _mm512_load_si512(sums.s[j][kSub * a + q]), w.scales, kSub * j + q);
     }
     acc[a] = K::Finish(w.scales, t, x.pairs[a], x.d[a], acc[a]);
   }
