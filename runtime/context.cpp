@@ -231,8 +231,16 @@ void Context::RmsNorm(const float* x, const float* weight, int64_t rows, int64_t
   for (int64_t i = 0; i < rows; ++i) {
     const float* xi = x + i * dim;
     float* oi = out + i * dim;
-    double sum = 0;
-    for (int64_t j = 0; j < dim; ++j) sum += static_cast<double>(xi[j] * xi[j]);
+    // ggml sums x^2 in double in one chain; eight chains (4 cycles per add
+    // each, not per element) round differently only past double precision,
+    // which the float mean below does not see.
+    double part[8] = {};
+    int64_t e = 0;
+    for (; e + 8 <= dim; e += 8) {
+      for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(xi[e + k] * xi[e + k]);
+    }
+    for (; e < dim; ++e) part[0] += static_cast<double>(xi[e] * xi[e]);
+    const double sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
     const float mean = static_cast<float>(sum / static_cast<double>(dim));
     const float scale = 1.0f / std::sqrt(mean + cfg_.rms_eps);
     for (int64_t j = 0; j < dim; ++j) oi[j] = (xi[j] * scale) * weight[j];

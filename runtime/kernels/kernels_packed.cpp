@@ -329,7 +329,7 @@ APPLIANCE_AVX512 void VnniPass(const typename K::Packed* group, int64_t nb, cons
   const BlockQ8_K* act[kActs];
 #pragma GCC unroll 8
   for (int a = 0; a < kActs; ++a) act[a] = reinterpret_cast<const BlockQ8_K*>(x + static_cast<size_t>(a) * x_stride);
-  __m512 acc[kActs];
+  __m512 acc[kActs] = {};
 #pragma GCC unroll 8
   for (int a = 0; a < kActs; ++a) acc[a] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
@@ -397,6 +397,42 @@ APPLIANCE_AVX512 void GemmVnni(int64_t n, const void* w, int64_t rows, const voi
 }
 
 // --- AMX ---
+
+// The order of an AMX product's work, shared by the types. Per 16-row group
+// g and activation chunk c: Begin, then per block b the tile products
+// (Tiles) and their accumulation (Accumulate), then End. A block's weights
+// are unpacked (Prepare) into a slot once and reused by every chunk, and
+// always one unit ahead: block b + 1's unpacking runs between block b's tile
+// products and their accumulation, so the tiles work while the vector units
+// unpack, and a tile load never waits on stores made just before it. With one
+// chunk (decode: up to 8 or 16 activation rows) the next unit may be the next
+// group's first block, in the other of two slots; with several, the group's
+// blocks have a slot each, and the next group's first block is unpacked
+// during the last chunk's last block, into the other set of slots (with
+// one block per row, this group's is still to be accumulated).
+template <typename Ops>
+APPLIANCE_AMX void RunTileSchedule(Ops& ops, int64_t groups, int64_t nb, int64_t chunks) {
+  auto slot = [&](int64_t g, int64_t b) { return static_cast<size_t>(chunks == 1 ? (g * nb + b) % 2 : g % 2 * nb + b); };
+  ops.Prepare(0, 0, slot(0, 0));
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t c = 0; c < chunks; ++c) {
+      ops.Begin(c);
+      for (int64_t b = 0; b < nb; ++b) {
+        ops.Tiles(c, b, slot(g, b));
+        if (b + 1 < nb && c == 0) {
+          ops.Prepare(g, b + 1, slot(g, b + 1));
+        } else if (b + 1 == nb && c + 1 == chunks && g + 1 < groups) {
+          ops.Prepare(g + 1, 0, slot(g + 1, 0));
+        }
+        ops.Accumulate(c, b, slot(g, b));
+      }
+      ops.End(g, c);
+    }
+  }
+}
+
+// Slots RunTileSchedule uses.
+inline size_t TileSlots(int64_t nb, int64_t chunks) { return static_cast<size_t>(chunks == 1 ? 2 : 2 * nb); }
 
 // The 64-byte operand of ldtilecfg (palette 1).
 struct alignas(64) TileConfig {
@@ -527,59 +563,66 @@ APPLIANCE_AMX void PrepareBlock(const typename K::Packed& p, WeightBlock<K>& out
 }
 
 template <typename K>
+struct TileOps {
+  static constexpr int kSub = K::kSubPerChunk;
+  static constexpr int kActs = 16 / kSub;  // activation rows per A tile
+  const typename K::Packed* packed;
+  int64_t nb, nx, rows;
+  float* y;
+  int64_t y_stride;
+  AmxScratch<K>& scratch;
+  int count = 0, configured = 0;
+  __m512 acc[kActs] = {};
+
+  APPLIANCE_AMX void Prepare(int64_t g, int64_t b, size_t slot) {
+    PrepareBlock<K>(packed[g * nb + b], scratch.weights[slot]);
+  }
+  APPLIANCE_AMX void Begin(int64_t c) {
+    count = static_cast<int>(std::min<int64_t>(kActs, nx - c * kActs));
+    if (count != configured) {
+      LoadTileConfig(kSub * count, 6);  // 0-3: C of chunks 0-3; 4, 5: A; 6, 7: B
+      configured = count;
+    }
+    for (int a = 0; a < kActs; ++a) acc[a] = _mm512_setzero_ps();
+  }
+  APPLIANCE_AMX void Tiles(int64_t c, int64_t b, size_t slot) {
+    Multiply(scratch.weights[slot], scratch.acts[static_cast<size_t>(c * nb + b)], scratch.sums);
+  }
+  APPLIANCE_AMX void Accumulate(int64_t c, int64_t b, size_t slot) {
+    internal::Accumulate<K>(scratch.weights[slot], scratch.acts[static_cast<size_t>(c * nb + b)], count, scratch.sums,
+                            acc);
+  }
+  APPLIANCE_AMX void End(int64_t g, int64_t c) {
+    const int64_t g0 = g * kRows;
+    const __mmask16 group_mask = static_cast<__mmask16>((1u << std::min<int64_t>(kRows, rows - g0)) - 1);
+    for (int a = 0; a < count; ++a) _mm512_mask_storeu_ps(y + (c * kActs + a) * y_stride + g0, group_mask, acc[a]);
+  }
+};
+
+template <typename K>
 APPLIANCE_AMX void GemmAmx(int64_t n, const void* w, int64_t rows, const void* x, size_t x_stride, int64_t nx,
                            float* y, int64_t y_stride) {
   // One activation row gains nothing from the tiles (16 rows x 64 elements
   // per tdpbsud, most of them zero) and VNNI gives the same bits.
   if (nx == 1) return GemmVnni<K>(n, w, rows, x, x_stride, nx, y, y_stride);
-  constexpr int kSub = K::kSubPerChunk;
-  constexpr int kActs = 16 / kSub;  // activation rows per A tile
+  using Ops = TileOps<K>;
   const int64_t nb = n / kQKK;
-  const int64_t chunks = (nx + kActs - 1) / kActs;
+  const int64_t chunks = (nx + Ops::kActs - 1) / Ops::kActs;
   AmxScratch<K>& scratch = t_amx<K>;
   if (scratch.acts.size() < static_cast<size_t>(chunks * nb)) scratch.acts.resize(static_cast<size_t>(chunks * nb));
-  const size_t weight_slots = static_cast<size_t>(chunks == 1 ? std::min<int64_t>(nb, 2) : nb);
-  if (scratch.weights.size() < weight_slots) scratch.weights.resize(weight_slots);
+  if (scratch.weights.size() < TileSlots(nb, chunks)) scratch.weights.resize(TileSlots(nb, chunks));
   const auto* xb = static_cast<const uint8_t*>(x);
   for (int64_t c = 0; c < chunks; ++c) {
-    const int count = static_cast<int>(std::min<int64_t>(kActs, nx - c * kActs));
+    const int count = static_cast<int>(std::min<int64_t>(Ops::kActs, nx - c * Ops::kActs));
     for (int64_t b = 0; b < nb; ++b) {
-      PackActs<K>(xb + static_cast<size_t>(c * kActs) * x_stride, x_stride, count, b,
+      PackActs<K>(xb + static_cast<size_t>(c * Ops::kActs) * x_stride, x_stride, count, b,
                   scratch.acts[static_cast<size_t>(c * nb + b)]);
     }
   }
-  const auto* packed = static_cast<const typename K::Packed*>(w);
-  int configured = 0;
-  for (int64_t g0 = 0; g0 < rows; g0 += kRows) {
-    const __mmask16 group_mask = static_cast<__mmask16>((1u << std::min<int64_t>(kRows, rows - g0)) - 1);
-    const typename K::Packed* group = packed + g0 / kRows * nb;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int count = static_cast<int>(std::min<int64_t>(kActs, nx - c * kActs));
-      if (count != configured) {
-        LoadTileConfig(kSub * count, 6);  // 0-3: C of chunks 0-3; 4, 5: A; 6, 7: B
-        configured = count;
-      }
-      __m512 acc[kActs];
-      for (int a = 0; a < kActs; ++a) acc[a] = _mm512_setzero_ps();
-      // The group's blocks are unpacked with the first activation chunk
-      // and reused by the others; with one chunk, two unpacked blocks in
-      // turn keep the scratch in L1.
-      auto slot = [&](int64_t b) { return static_cast<size_t>(chunks == 1 ? b % 2 : b); };
-      if (c == 0) PrepareBlock<K>(group[0], scratch.weights[0]);
-      for (int64_t b = 0; b < nb; ++b) {
-        const WeightBlock<K>& wk = scratch.weights[slot(b)];
-        const ActBlock<K>& xk = scratch.acts[static_cast<size_t>(c * nb + b)];
-        Multiply(wk, xk, scratch.sums);
-        // The tiles run while the next block is unpacked.
-        if (c == 0 && b + 1 < nb) PrepareBlock<K>(group[b + 1], scratch.weights[slot(b + 1)]);
-        Accumulate<K>(wk, xk, count, scratch.sums, acc);
-      }
-      for (int a = 0; a < count; ++a) _mm512_mask_storeu_ps(y + (c * kActs + a) * y_stride + g0, group_mask, acc[a]);
-    }
-  }
-  if (configured != 0) _tile_release();
+  Ops ops{static_cast<const typename K::Packed*>(w), nb, nx, rows, y, y_stride, scratch};
+  RunTileSchedule(ops, (rows + kRows - 1) / kRows, nb, chunks);
+  _tile_release();
 }
-
 
 // Q6_K on the tiles. A block's sum U for 16 weight rows x 16 activation rows
 // comes whole out of two accumulating C tiles: the weights are multiplied by
@@ -690,46 +733,57 @@ APPLIANCE_AMX void AccumulateQ6K(const Q6KScales& scales, const BlockQ8_K* x, si
   }
 }
 
+struct Q6KTileOps {
+  const PackedQ6K* packed;
+  int64_t nb, nx, rows;
+  const uint8_t* x;
+  size_t x_stride;
+  float* y;
+  int64_t y_stride;
+  Q6KAmxScratch& scratch;
+  int count = 0, configured = 0;
+  __m512 acc[kQ6KTileActs] = {};
+
+  const BlockQ8_K* Act(int64_t a, int64_t b) const {
+    return reinterpret_cast<const BlockQ8_K*>(x + static_cast<size_t>(a) * x_stride) + b;
+  }
+  APPLIANCE_AMX void Prepare(int64_t g, int64_t b, size_t slot) {
+    PrepareQ6KTiles(packed[g * nb + b], scratch.weights[slot]);
+  }
+  APPLIANCE_AMX void Begin(int64_t c) {
+    count = static_cast<int>(std::min<int64_t>(kQ6KTileActs, nx - c * kQ6KTileActs));
+    if (count != configured) {
+      LoadTileConfig(count, 4);  // 0, 1: C; 2, 3: A; 4-7: B
+      configured = count;
+    }
+    for (int a = 0; a < kQ6KTileActs; ++a) acc[a] = _mm512_setzero_ps();
+  }
+  APPLIANCE_AMX void Tiles(int64_t c, int64_t b, size_t slot) {
+    MultiplyQ6K(scratch.weights[slot], Act(c * kQ6KTileActs, b)->qs, x_stride, scratch.sums);
+  }
+  APPLIANCE_AMX void Accumulate(int64_t c, int64_t b, size_t slot) {
+    AccumulateQ6K(scratch.weights[slot].scales, Act(c * kQ6KTileActs, b), x_stride, count, scratch.sums, acc);
+  }
+  APPLIANCE_AMX void End(int64_t g, int64_t c) {
+    const int64_t g0 = g * kRows;
+    const __mmask16 group_mask = static_cast<__mmask16>((1u << std::min<int64_t>(kRows, rows - g0)) - 1);
+    for (int a = 0; a < count; ++a) {
+      _mm512_mask_storeu_ps(y + (c * kQ6KTileActs + a) * y_stride + g0, group_mask, acc[a]);
+    }
+  }
+};
+
 APPLIANCE_AMX void GemmAmxQ6K(int64_t n, const void* w, int64_t rows, const void* x, size_t x_stride, int64_t nx,
                               float* y, int64_t y_stride) {
   if (nx < kQ6KMinTileActs) return GemmVnni<Q6K>(n, w, rows, x, x_stride, nx, y, y_stride);
   const int64_t nb = n / kQKK;
   const int64_t chunks = (nx + kQ6KTileActs - 1) / kQ6KTileActs;
   Q6KAmxScratch& scratch = t_q6k_amx;
-  const size_t weight_slots = static_cast<size_t>(chunks == 1 ? std::min<int64_t>(nb, 2) : nb);
-  if (scratch.weights.size() < weight_slots) scratch.weights.resize(weight_slots);
-  const auto* xb = static_cast<const uint8_t*>(x);
-  auto act = [&](int64_t a, int64_t b) -> const BlockQ8_K& {
-    return reinterpret_cast<const BlockQ8_K*>(xb + static_cast<size_t>(a) * x_stride)[b];
-  };
-  const auto* packed = static_cast<const PackedQ6K*>(w);
-  int configured = 0;
-  for (int64_t g0 = 0; g0 < rows; g0 += kRows) {
-    const __mmask16 group_mask = static_cast<__mmask16>((1u << std::min<int64_t>(kRows, rows - g0)) - 1);
-    const PackedQ6K* group = packed + g0 / kRows * nb;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t a0 = c * kQ6KTileActs;
-      const int count = static_cast<int>(std::min<int64_t>(kQ6KTileActs, nx - a0));
-      if (count != configured) {
-        LoadTileConfig(count, 4);
-        configured = count;
-      }
-      __m512 acc[kQ6KTileActs];
-      for (int a = 0; a < kQ6KTileActs; ++a) acc[a] = _mm512_setzero_ps();
-      auto slot = [&](int64_t b) { return static_cast<size_t>(chunks == 1 ? b % 2 : b); };
-      if (c == 0) PrepareQ6KTiles(group[0], scratch.weights[0]);
-      for (int64_t b = 0; b < nb; ++b) {
-        const Q6KTiles& wk = scratch.weights[slot(b)];
-        MultiplyQ6K(wk, act(a0, b).qs, x_stride, scratch.sums);
-        // The tiles run while the next block is prepared (with the first
-        // activation chunk; later ones reuse the group's prepared blocks).
-        if (c == 0 && b + 1 < nb) PrepareQ6KTiles(group[b + 1], scratch.weights[slot(b + 1)]);
-        AccumulateQ6K(wk.scales, &act(a0, b), x_stride, count, scratch.sums, acc);
-      }
-      for (int a = 0; a < count; ++a) _mm512_mask_storeu_ps(y + (a0 + a) * y_stride + g0, group_mask, acc[a]);
-    }
-  }
-  if (configured != 0) _tile_release();
+  if (scratch.weights.size() < TileSlots(nb, chunks)) scratch.weights.resize(TileSlots(nb, chunks));
+  Q6KTileOps ops{static_cast<const PackedQ6K*>(w), nb, nx, rows, static_cast<const uint8_t*>(x), x_stride, y, y_stride,
+                 scratch};
+  RunTileSchedule(ops, (rows + kRows - 1) / kRows, nb, chunks);
+  _tile_release();
 }
 
 }  // namespace

@@ -22,11 +22,20 @@ class MatMulTest : public ::testing::TestWithParam<uint32_t> {
   void TearDown() override { kernels::OverrideIsaForTesting(std::nullopt); }
 };
 
+void CheckProducts(uint32_t type, int64_t cols);
+
 TEST_P(MatMulTest, AgreesAcrossThreadsBatchesAndWithDouble) {
-  const uint32_t type = GetParam();
-  // Odd row count, split unevenly among threads; 512 columns are two Q8_K
-  // super-blocks. Large enough that every product goes to the pool.
-  const int64_t rows = 333, cols = 512, max_n = 130;
+  // Odd row count, split unevenly among threads; 256 and 512 columns are one
+  // and two Q8_K super-blocks (the packed products keep per-block state).
+  // Large enough that every product goes to the pool.
+  for (const int64_t cols : {256, 512}) {
+    SCOPED_TRACE("cols=" + std::to_string(cols));
+    CheckProducts(GetParam(), cols);
+  }
+}
+
+void CheckProducts(uint32_t type, int64_t cols) {
+  const int64_t rows = 333, max_n = 130;
   testing::TestRng rng(17 + type);
   std::vector<float> wf(static_cast<size_t>(rows * cols));
   for (float& v : wf) v = rng.Symmetric(1.0f);
