@@ -23,6 +23,8 @@ namespace {
 // Accepted jobs waiting for a sequence. Each holds at most one request line
 // (LineReader::kMaxLine), so the queue stays within a few MiB.
 constexpr size_t kMaxQueuedJobs = 64;
+// Bytes of queued events at which the handling of request lines pauses for a write.
+constexpr size_t kMaxPendingEvents = 64 << 10;
 // Prompt tokens per prefill forward. A prompt is cut into chunks by this size
 // alone (never by what else runs), so a job's arithmetic does not depend on
 // the other jobs; between two chunks the running jobs get a decode step.
@@ -68,19 +70,24 @@ class Server {
   // nothing was there.
   StatusOr<bool> ReadChannel(bool block);
   // Handles the lines read so far, in order, while the queue has room.
-  Status HandleLines();
-  Status HandleLine(const LineReader::Item& item);
+  void HandleLines();
+  void HandleLine(const LineReader::Item& item);
   // Starts queued jobs on free sequences.
-  Status Admit();
+  void Admit();
   // Evaluates the next chunk of the earliest admitted job's prompt.
-  Status PrefillStep();
+  void PrefillStep();
   // One forward over the next token of every job past its prompt.
-  Status DecodeStep();
-  // Samples job `seq`'s next token from `logits` and streams it; ends the job
-  // when it is complete. Returns only channel failures.
-  Status Advance(int64_t seq, std::span<const float> logits);
+  void DecodeStep();
+  // Samples job `seq`'s next token from `logits` and queues its event; ends
+  // the job when it is complete.
+  void Advance(int64_t seq, std::span<const float> logits);
   // Ends job `seq` with its done event (status OK) or an error event.
-  Status End(int64_t seq, const Status& status);
+  void End(int64_t seq, const Status& status);
+  // Queues an event line; Flush writes the queue. The events of one step
+  // leave in one write, so a client reading 8 jobs wakes once per step, not
+  // once per token.
+  void Emit(std::string_view event);
+  Status Flush();
 
   Context& ctx_;
   const int fd_;
@@ -94,6 +101,7 @@ class Server {
   std::deque<ParsedRequest> queue_;
   std::vector<std::optional<Job>> jobs_;  // [n_seq]
   std::vector<BatchToken> batch_;
+  std::string out_;  // events not yet written
   uint64_t admitted_ = 0, finished_ = 0;
   bool shutdown_ = false;  // a shutdown request was read
   bool eof_ = false;
@@ -112,8 +120,9 @@ Status Server::Run() {
   Log("ready: serving jobs on fd " + std::to_string(fd_) + ", up to " + std::to_string(ctx_.n_seq()) + " at once");
 
   for (;;) {
-    RETURN_IF_ERROR(HandleLines());
-    RETURN_IF_ERROR(Admit());
+    HandleLines();
+    Admit();
+    RETURN_IF_ERROR(Flush());
     const bool busy = Busy();
     if (!busy && shutdown_) {
       RETURN_IF_ERROR(WriteAll(fd_, ShutdownEvent()));
@@ -130,9 +139,19 @@ Status Server::Run() {
       // that keeps writing cannot hold the running jobs up).
       if (read && !busy) continue;
     }
-    RETURN_IF_ERROR(PrefillStep());
-    RETURN_IF_ERROR(DecodeStep());
+    PrefillStep();
+    DecodeStep();
+    RETURN_IF_ERROR(Flush());
   }
+}
+
+void Server::Emit(std::string_view event) { out_ += event; }
+
+Status Server::Flush() {
+  if (out_.empty()) return Status::Ok();
+  const Status s = WriteAll(fd_, out_);
+  out_.clear();
+  return s;
 }
 
 StatusOr<bool> Server::ReadChannel(bool block) {
@@ -163,25 +182,27 @@ StatusOr<bool> Server::ReadChannel(bool block) {
   }
 }
 
-Status Server::HandleLines() {
-  while (next_line_ < lines_.size() && queue_.size() < kMaxQueuedJobs) {
-    RETURN_IF_ERROR(HandleLine(lines_[next_line_++]));
+void Server::HandleLines() {
+  // A read full of bad lines queues an error event per line: stop at
+  // kMaxPendingEvents bytes, so Run writes them before handling the rest.
+  while (next_line_ < lines_.size() && queue_.size() < kMaxQueuedJobs && out_.size() < kMaxPendingEvents) {
+    HandleLine(lines_[next_line_++]);
   }
-  return Status::Ok();
 }
 
-Status Server::HandleLine(const LineReader::Item& item) {
+void Server::HandleLine(const LineReader::Item& item) {
   if (item.kind == LineReader::Item::Kind::kOversize) {
     Log("request line longer than " + std::to_string(LineReader::kMaxLine) + " bytes refused");
-    return WriteAll(fd_, ErrorEvent(std::nullopt, "request line exceeds " + std::to_string(LineReader::kMaxLine) +
-                                                      " bytes"));
+    Emit(ErrorEvent(std::nullopt, "request line exceeds " + std::to_string(LineReader::kMaxLine) + " bytes"));
+    return;
   }
-  if (item.line.find_first_not_of(" \t") == std::string::npos) return Status::Ok();  // blank line
+  if (item.line.find_first_not_of(" \t") == std::string::npos) return;  // blank line
   ParsedRequest req = ParseRequest(item.line, limits_);
   switch (req.kind) {
     case ParsedRequest::Kind::kError:
       Log("bad request: " + req.error);
-      return WriteAll(fd_, ErrorEvent(req.id, req.error));
+      Emit(ErrorEvent(req.id, req.error));
+      return;
     case ParsedRequest::Kind::kShutdown:
       if (shutdown_) {
         Log("repeated shutdown request ignored");
@@ -189,20 +210,20 @@ Status Server::HandleLine(const LineReader::Item& item) {
         Log("shutdown requested: finishing " + std::to_string(queue_.size()) + " queued and the running jobs");
       }
       shutdown_ = true;
-      return Status::Ok();
+      return;
     case ParsedRequest::Kind::kGenerate:
     case ParsedRequest::Kind::kChat:
       if (shutdown_) {
         Log(ShortId(req.generate.id) + " refused: it came after the shutdown request");
-        return WriteAll(fd_, ErrorEvent(req.generate.id, "the server is shutting down"));
+        Emit(ErrorEvent(req.generate.id, "the server is shutting down"));
+        return;
       }
       queue_.push_back(std::move(req));
-      return Status::Ok();
+      return;
   }
-  return Status::Ok();
 }
 
-Status Server::Admit() {
+void Server::Admit() {
   size_t seq = 0;
   while (!queue_.empty()) {
     while (seq < jobs_.size() && jobs_[seq]) ++seq;
@@ -227,15 +248,14 @@ Status Server::Admit() {
     if (!gen.ok()) {
       ++finished_;
       Log(ShortId(g.id) + " failed: " + gen.status().message());
-      RETURN_IF_ERROR(WriteAll(fd_, ErrorEvent(g.id, gen.status().message())));
+      Emit(ErrorEvent(g.id, gen.status().message()));
       continue;  // the sequence is still free
     }
     jobs_[seq] = Job{g.id, std::move(*gen), admitted_++, 0};
   }
-  return Status::Ok();
 }
 
-Status Server::PrefillStep() {
+void Server::PrefillStep() {
   int64_t seq = -1;
   for (size_t s = 0; s < jobs_.size(); ++s) {
     const std::optional<Job>& j = jobs_[s];
@@ -244,7 +264,7 @@ Status Server::PrefillStep() {
       seq = static_cast<int64_t>(s);
     }
   }
-  if (seq < 0) return Status::Ok();
+  if (seq < 0) return;
   Job& job = *jobs_[static_cast<size_t>(seq)];
   const std::vector<int32_t>& prompt = job.gen.prompt_tokens();
   const int64_t n_prompt = static_cast<int64_t>(prompt.size());
@@ -254,13 +274,15 @@ Status Server::PrefillStep() {
     const int64_t pos = job.prefilled + i;
     batch_.push_back({prompt[static_cast<size_t>(pos)], static_cast<int32_t>(seq), pos, pos == n_prompt - 1});
   }
-  if (Status s = ctx_.Decode(batch_); !s.ok()) return End(seq, s);
+  if (Status s = ctx_.Decode(batch_); !s.ok()) {
+    End(seq, s);
+    return;
+  }
   job.prefilled += chunk;
-  if (job.prefilled < n_prompt) return Status::Ok();
-  return Advance(seq, ctx_.Logits(0));
+  if (job.prefilled == n_prompt) Advance(seq, ctx_.Logits(0));
 }
 
-Status Server::DecodeStep() {
+void Server::DecodeStep() {
   batch_.clear();
   for (size_t s = 0; s < jobs_.size(); ++s) {
     const std::optional<Job>& j = jobs_[s];
@@ -268,33 +290,33 @@ Status Server::DecodeStep() {
     const int64_t seq = static_cast<int64_t>(s);
     batch_.push_back({j->gen.next_token(), static_cast<int32_t>(seq), ctx_.seq_len(seq), true});
   }
-  if (batch_.empty()) return Status::Ok();
+  if (batch_.empty()) return;
   const Status s = ctx_.Decode(batch_);
   for (size_t i = 0; i < batch_.size(); ++i) {
     const int64_t seq = batch_[i].seq;
-    RETURN_IF_ERROR(s.ok() ? Advance(seq, ctx_.Logits(static_cast<int64_t>(i))) : End(seq, s));
+    if (s.ok()) {
+      Advance(seq, ctx_.Logits(static_cast<int64_t>(i)));
+    } else {
+      End(seq, s);
+    }
   }
-  return Status::Ok();
 }
 
-Status Server::Advance(int64_t seq, std::span<const float> logits) {
+void Server::Advance(int64_t seq, std::span<const float> logits) {
   Job& job = *jobs_[static_cast<size_t>(seq)];
-  Status write_status;  // a failed write to the channel ends the server, not just the job
   StatusOr<bool> more = false;
   try {  // the job's text and events allocate: an allocation failure fails the job
     more = job.gen.Next(logits, [&](int32_t token, std::string_view text) {
-      write_status = WriteAll(fd_, TokenEvent(job.id, token, text));
-      return write_status;
+      Emit(TokenEvent(job.id, token, text));
+      return Status::Ok();
     });
   } catch (const std::exception& e) {
     more = Status::Error(std::string("internal error: ") + e.what());
   }
-  RETURN_IF_ERROR(write_status);
-  if (more.ok() && *more) return Status::Ok();
-  return End(seq, more.status());
+  if (!more.ok() || !*more) End(seq, more.status());
 }
 
-Status Server::End(int64_t seq, const Status& status) {
+void Server::End(int64_t seq, const Status& status) {
   std::optional<Job>& slot = jobs_[static_cast<size_t>(seq)];
   const std::string id = std::move(slot->id);
   const GenerateResult result = slot->gen.Finish();
@@ -302,13 +324,13 @@ Status Server::End(int64_t seq, const Status& status) {
   ++finished_;
   if (!status.ok()) {
     Log(ShortId(id) + " failed: " + status.message());
-    return WriteAll(fd_, ErrorEvent(id, status.message()));
+    Emit(ErrorEvent(id, status.message()));
+    return;
   }
-  RETURN_IF_ERROR(WriteAll(fd_, DoneEvent(id, result)));
+  Emit(DoneEvent(id, result));
   Log(ShortId(id) + ": " + std::to_string(result.prompt_tokens.size()) + " prompt tokens, " +
       std::to_string(result.tokens.size()) + " generated, " +
       std::to_string(static_cast<int64_t>(result.tokens_per_s())) + " tok/s");
-  return Status::Ok();
 }
 
 }  // namespace
