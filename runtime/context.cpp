@@ -225,6 +225,17 @@ std::span<const float> Context::Logits(int64_t i) const {
   return {logits_.data() + row * cfg_.n_vocab, static_cast<size_t>(cfg_.n_vocab)};
 }
 
+bool Context::RowsIndependent() const {
+  const LlamaWeights& w = model_.weights();
+  auto independent = [](const Matrix& m) { return kernels::Find(m.type)->sgemm_min_rows == 0; };
+  for (const LayerWeights& l : w.layers) {
+    for (const Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      if (!independent(*m)) return false;
+    }
+  }
+  return independent(w.output);
+}
+
 std::span<const float> Context::LastLogits() const { return Logits(n_logit_rows_ - 1); }
 
 void Context::RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float* out) const {

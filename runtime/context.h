@@ -104,6 +104,13 @@ class Context {
   // Logits(1), ... in batch order. Checked before any compute.
   Status Decode(std::span<const BatchToken> batch);
 
+  // True when every matrix product computes each row of a batch exactly as
+  // it computes that row alone, whatever the batch (all the weights' types
+  // stay on the integer route: TypeKernels::sgemm_min_rows == 0). Then
+  // tokens of different sequences can share a forward without changing any
+  // sequence's results.
+  bool RowsIndependent() const;
+
   // Logits of the i-th token of the last Eval (only the last token unless it
   // was called with all_logits), or of the i-th marked token of the last
   // Decode.

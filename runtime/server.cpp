@@ -25,11 +25,14 @@ namespace {
 constexpr size_t kMaxQueuedJobs = 64;
 // Bytes of queued events at which the handling of request lines pauses for a write.
 constexpr size_t kMaxPendingEvents = 64 << 10;
-// Prompt tokens per prefill forward. A prompt is cut into chunks by this size
+// Prompt tokens per prefill chunk. A prompt is cut into chunks by this size
 // alone (never by what else runs), so a job's arithmetic does not depend on
-// the other jobs; between two chunks the running jobs get a decode step.
-// Equal to Context's attention query block, so a chunk's attention is shaped
-// as in one whole-prompt Eval().
+// the other jobs; between two prefill forwards the running jobs get a decode
+// step. Where the matrix products treat rows independently
+// (Context::RowsIndependent), the next chunks of several jobs share one
+// forward, so jobs that arrive together start together. Equal to Context's
+// attention query block, so a chunk's attention is shaped as in one
+// whole-prompt Eval().
 constexpr int64_t kPrefillChunk = 64;
 
 Status WaitFor(int fd, short events, const char* what) {
@@ -49,9 +52,11 @@ class Server {
       : ctx_(ctx),
         fd_(fd),
         chat_template_(ChatTemplate::FromGguf(ctx.model().gguf())),
-        jobs_(static_cast<size_t>(ctx.n_seq())) {
+        jobs_(static_cast<size_t>(ctx.n_seq())),
+        rows_independent_(ctx.RowsIndependent()) {
     limits_.max_tokens = ctx.n_ctx();
-    batch_.reserve(static_cast<size_t>(std::max(ctx.n_seq(), kPrefillChunk)));
+    batch_.reserve(static_cast<size_t>(ctx.max_batch()));
+    prefill_.reserve(static_cast<size_t>(ctx.n_seq()));
   }
 
   Status Run();
@@ -101,6 +106,12 @@ class Server {
   std::deque<ParsedRequest> queue_;
   std::vector<std::optional<Job>> jobs_;  // [n_seq]
   std::vector<BatchToken> batch_;
+  // The prompt chunks of one prefill forward.
+  struct Chunk {
+    int64_t seq = 0, tokens = 0;
+  };
+  std::vector<Chunk> prefill_;
+  const bool rows_independent_;  // ctx_.RowsIndependent(): jobs' chunks may share a forward
   std::string out_;  // events not yet written
   uint64_t admitted_ = 0, finished_ = 0;
   bool shutdown_ = false;  // a shutdown request was read
@@ -256,30 +267,44 @@ void Server::Admit() {
 }
 
 void Server::PrefillStep() {
-  int64_t seq = -1;
+  // Jobs with prompt left, in admission order.
+  prefill_.clear();
   for (size_t s = 0; s < jobs_.size(); ++s) {
     const std::optional<Job>& j = jobs_[s];
-    if (j && j->prefilled < static_cast<int64_t>(j->gen.prompt_tokens().size()) &&
-        (seq < 0 || j->order < jobs_[static_cast<size_t>(seq)]->order)) {
-      seq = static_cast<int64_t>(s);
+    if (j && j->prefilled < static_cast<int64_t>(j->gen.prompt_tokens().size())) {
+      prefill_.push_back({static_cast<int64_t>(s), 0});
     }
   }
-  if (seq < 0) return;
-  Job& job = *jobs_[static_cast<size_t>(seq)];
-  const std::vector<int32_t>& prompt = job.gen.prompt_tokens();
-  const int64_t n_prompt = static_cast<int64_t>(prompt.size());
-  const int64_t chunk = std::min({kPrefillChunk, ctx_.max_batch(), n_prompt - job.prefilled});
+  std::sort(prefill_.begin(), prefill_.end(), [&](const Chunk& a, const Chunk& b) {
+    return jobs_[static_cast<size_t>(a.seq)]->order < jobs_[static_cast<size_t>(b.seq)]->order;
+  });
   batch_.clear();
-  for (int64_t i = 0; i < chunk; ++i) {
-    const int64_t pos = job.prefilled + i;
-    batch_.push_back({prompt[static_cast<size_t>(pos)], static_cast<int32_t>(seq), pos, pos == n_prompt - 1});
+  size_t taken = 0;
+  for (; taken < prefill_.size(); ++taken) {
+    Chunk& c = prefill_[taken];
+    const Job& job = *jobs_[static_cast<size_t>(c.seq)];
+    const std::vector<int32_t>& prompt = job.gen.prompt_tokens();
+    const int64_t n_prompt = static_cast<int64_t>(prompt.size());
+    c.tokens = std::min({kPrefillChunk, ctx_.max_batch(), n_prompt - job.prefilled});
+    const bool fits = static_cast<int64_t>(batch_.size()) + c.tokens <= ctx_.max_batch();
+    if (taken > 0 && !(rows_independent_ && fits)) break;
+    for (int64_t i = 0; i < c.tokens; ++i) {
+      const int64_t pos = job.prefilled + i;
+      batch_.push_back({prompt[static_cast<size_t>(pos)], static_cast<int32_t>(c.seq), pos, pos == n_prompt - 1});
+    }
   }
+  if (taken == 0) return;
+  prefill_.resize(taken);
   if (Status s = ctx_.Decode(batch_); !s.ok()) {
-    End(seq, s);
+    for (const Chunk& c : prefill_) End(c.seq, s);
     return;
   }
-  job.prefilled += chunk;
-  if (job.prefilled == n_prompt) Advance(seq, ctx_.Logits(0));
+  int64_t row = 0;  // logits rows: the last prompt token of each job completed here
+  for (const Chunk& c : prefill_) {
+    Job& job = *jobs_[static_cast<size_t>(c.seq)];
+    job.prefilled += c.tokens;
+    if (job.prefilled == static_cast<int64_t>(job.gen.prompt_tokens().size())) Advance(c.seq, ctx_.Logits(row++));
+  }
 }
 
 void Server::DecodeStep() {
