@@ -485,10 +485,17 @@ struct AmxScratch {
   std::vector<WeightBlock<K>> weights;
   BlockSums sums;
 };
-// Per thread (the pool's workers run products concurrently); grows to the
-// largest call once, so steady-state decoding allocates nothing.
-template <typename K>
-thread_local AmxScratch<K> t_amx;
+
+// A thread's scratch of type T (the pool's workers run products
+// concurrently); it grows to the largest call once, so steady-state decoding
+// allocates nothing. A function-local static, not a thread_local variable
+// template: GCC 12 never destroys an instance of the latter (at -O2, in an
+// anonymous namespace), which LeakSanitizer reports at every worker's exit.
+template <typename T>
+T& ThreadScratch() {
+  static thread_local T scratch;
+  return scratch;
+}
 
 template <typename K>
 APPLIANCE_AMX void PackActs(const uint8_t* x, size_t x_stride, int count, int64_t b, ActBlock<K>& out) {
@@ -608,7 +615,7 @@ APPLIANCE_AMX void GemmAmx(int64_t n, const void* w, int64_t rows, const void* x
   using Ops = TileOps<K>;
   const int64_t nb = n / kQKK;
   const int64_t chunks = (nx + Ops::kActs - 1) / Ops::kActs;
-  AmxScratch<K>& scratch = t_amx<K>;
+  AmxScratch<K>& scratch = ThreadScratch<AmxScratch<K>>();
   if (scratch.acts.size() < static_cast<size_t>(chunks * nb)) scratch.acts.resize(static_cast<size_t>(chunks * nb));
   if (scratch.weights.size() < TileSlots(nb, chunks)) scratch.weights.resize(TileSlots(nb, chunks));
   const auto* xb = static_cast<const uint8_t*>(x);
@@ -647,7 +654,6 @@ struct Q6KAmxScratch {
   std::vector<Q6KTiles> weights;
   Q6KSums sums;
 };
-thread_local Q6KAmxScratch t_q6k_amx;
 
 // Activation rows per A tile, and the fewest for which the tiles beat VNNI
 // (which gives the same bits): below it the weight preparation, paid once
@@ -778,7 +784,7 @@ APPLIANCE_AMX void GemmAmxQ6K(int64_t n, const void* w, int64_t rows, const void
   if (nx < kQ6KMinTileActs) return GemmVnni<Q6K>(n, w, rows, x, x_stride, nx, y, y_stride);
   const int64_t nb = n / kQKK;
   const int64_t chunks = (nx + kQ6KTileActs - 1) / kQ6KTileActs;
-  Q6KAmxScratch& scratch = t_q6k_amx;
+  Q6KAmxScratch& scratch = ThreadScratch<Q6KAmxScratch>();
   if (scratch.weights.size() < TileSlots(nb, chunks)) scratch.weights.resize(TileSlots(nb, chunks));
   Q6KTileOps ops{static_cast<const PackedQ6K*>(w), nb, nx, rows, static_cast<const uint8_t*>(x), x_stride, y, y_stride,
                  scratch};
