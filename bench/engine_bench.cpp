@@ -14,7 +14,11 @@
 //                     --tg tokens (greedy) sent at once to the real job server
 //                     (runtime::Serve on a socketpair); generated tokens (the
 //                     done events' n_tokens) over the wall time from sending
-//                     the requests to the last done event.
+//                     the requests to the last done event; the levels take
+//                     turns within each of the --runs rounds.
+//   concurrent_speedup {"4":..,"8":..} (when 1 is among the levels): per
+//                     level, the median over rounds of its rate / the rate
+//                     of one job in the same round.
 //   bandwidth_gb_s    read bandwidth: --threads threads summing one buffer of
 //                     --bandwidth-mib (default 2 GiB, ~7x the 300 MB L3 of the
 //                     benchmark machine, so it is DRAM, not cache, that is
@@ -255,9 +259,11 @@ StatusOr<double> ConcurrentRound(JobClient& client, int jobs, int64_t max_tokens
   return static_cast<double>(tokens) / Seconds(t0);
 }
 
-// Median aggregate tokens/s per concurrency level, from one server session
-// (one warm-up job first).
-StatusOr<std::vector<double>> MeasureConcurrent(Context& ctx, const Options& o) {
+// Aggregate tokens/s per concurrency level and round, from one server
+// session (one warm-up job first). The levels take turns within each round,
+// so that the ratios between them compare rounds under the same machine load
+// (this shared VM's speed drifts by 20% within a minute).
+StatusOr<std::vector<std::vector<double>>> MeasureConcurrent(Context& ctx, const Options& o) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) return PosixError("socketpair");
   UniqueFd server_end(sv[0]), client_end(sv[1]);
@@ -268,23 +274,21 @@ StatusOr<std::vector<double>> MeasureConcurrent(Context& ctx, const Options& o) 
     server_end.reset();
   });
   JobClient client(client_end.get());
-  auto session = [&]() -> StatusOr<std::vector<double>> {
+  auto session = [&]() -> StatusOr<std::vector<std::vector<double>>> {
     ASSIGN_OR_RETURN(Json ready, client.NextEvent());
     if (ready["event"] != "ready") return Status::Error("the server's first event is not ready");
     RETURN_IF_ERROR(ConcurrentRound(client, 1, o.tg, 0).status().Context("warm-up job"));
-    std::vector<double> medians;
+    std::vector<std::vector<double>> rates(o.concurrency.size());
     int round = 1;
-    for (int jobs : o.concurrency) {
-      std::vector<double> rates;
-      for (int r = 0; r < o.runs; ++r) {
-        ASSIGN_OR_RETURN(double rate, ConcurrentRound(client, jobs, o.tg, round++));
-        rates.push_back(rate);
+    for (int r = 0; r < o.runs; ++r) {
+      for (size_t level = 0; level < o.concurrency.size(); ++level) {
+        ASSIGN_OR_RETURN(double rate, ConcurrentRound(client, o.concurrency[level], o.tg, round++));
+        rates[level].push_back(rate);
       }
-      medians.push_back(Median(rates));
     }
-    return medians;
+    return rates;
   };
-  StatusOr<std::vector<double>> result = session();
+  StatusOr<std::vector<std::vector<double>>> result = session();
   // Shut the server down whatever happened; closing our end ends it on error.
   Status shutdown = client.Send("{\"op\":\"shutdown\"}\n");
   while (shutdown.ok()) {
@@ -353,7 +357,20 @@ Status Run(const Options& o) {
     tg.push_back(tg_rate);
     tg_ratio.push_back(tg_rate / (run_bw * 1e9 / static_cast<double>(model_bytes)));
   }
-  ASSIGN_OR_RETURN(std::vector<double> concurrent, MeasureConcurrent(*ctx, o));
+  ASSIGN_OR_RETURN(std::vector<std::vector<double>> concurrent_runs, MeasureConcurrent(*ctx, o));
+  std::vector<double> concurrent;
+  for (const std::vector<double>& rates : concurrent_runs) concurrent.push_back(Median(rates));
+  // Per level, the median over rounds of its rate / one job's in the same round.
+  const auto single = std::find(o.concurrency.begin(), o.concurrency.end(), 1);
+  std::vector<double> speedup;
+  if (single != o.concurrency.end()) {
+    const std::vector<double>& one = concurrent_runs[static_cast<size_t>(single - o.concurrency.begin())];
+    for (const std::vector<double>& rates : concurrent_runs) {
+      std::vector<double> ratios;
+      for (size_t r = 0; r < rates.size(); ++r) ratios.push_back(rates[r] / one[r]);
+      speedup.push_back(Median(ratios));
+    }
+  }
 
   const double bandwidth = Median(bw), tg_rate = Median(tg), pp_rate = Median(pp);
   const double ceiling = bandwidth * 1e9 / static_cast<double>(model_bytes);
@@ -374,6 +391,11 @@ Status Run(const Options& o) {
   Json conc = Json::object();
   for (size_t i = 0; i < o.concurrency.size(); ++i) conc[std::to_string(o.concurrency[i])] = concurrent[i];
   j["concurrent_tok_s"] = conc;
+  if (!speedup.empty()) {
+    Json ratio = Json::object();
+    for (size_t i = 0; i < o.concurrency.size(); ++i) ratio[std::to_string(o.concurrency[i])] = speedup[i];
+    j["concurrent_speedup"] = ratio;
+  }
   j["bandwidth_gb_s"] = bandwidth;
   j["bandwidth_buffer_bytes"] = probe.bytes();
   j["bandwidth_method"] = BandwidthProbe::method();
@@ -397,7 +419,9 @@ Status Run(const Options& o) {
   std::printf("pp%-8lld  %10.1f tok/s\n", static_cast<long long>(o.pp), pp_rate);
   std::printf("tg%-8lld  %10.1f tok/s\n", static_cast<long long>(o.tg), tg_rate);
   for (size_t i = 0; i < o.concurrency.size(); ++i) {
-    std::printf("%3d jobs    %10.1f tok/s aggregate (job server)\n", o.concurrency[i], concurrent[i]);
+    std::printf("%3d jobs    %10.1f tok/s aggregate (job server)", o.concurrency[i], concurrent[i]);
+    if (!speedup.empty()) std::printf(", %.2fx one job (median per round)", speedup[i]);
+    std::printf("\n");
   }
   std::printf("bandwidth   %10.2f GB/s (%d threads summing %zu MiB, %s)\n", bandwidth, o.threads, o.bandwidth_mib,
               BandwidthProbe::method());

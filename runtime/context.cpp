@@ -239,23 +239,23 @@ bool Context::RowsIndependent() const {
 std::span<const float> Context::LastLogits() const { return Logits(n_logit_rows_ - 1); }
 
 void Context::RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float* out) const {
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* xi = x + i * dim;
-    float* oi = out + i * dim;
-    // ggml sums x^2 in double in one chain; eight chains (4 cycles per add
-    // each, not per element) round differently only past double precision,
-    // which the float mean below does not see.
-    double part[8] = {};
-    int64_t e = 0;
-    for (; e + 8 <= dim; e += 8) {
-      for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(xi[e + k] * xi[e + k]);
-    }
-    for (; e < dim; ++e) part[0] += static_cast<double>(xi[e] * xi[e]);
-    const double sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    const float mean = static_cast<float>(sum / static_cast<double>(dim));
-    const float scale = 1.0f / std::sqrt(mean + cfg_.rms_eps);
-    for (int64_t j = 0; j < dim; ++j) oi[j] = (xi[j] * scale) * weight[j];
+  for (int64_t i = 0; i < rows; ++i) RmsNormRow(x + i * dim, weight, dim, out + i * dim);
+}
+
+void Context::RmsNormRow(const float* x, const float* weight, int64_t dim, float* out) const {
+  // ggml sums x^2 in double in one chain; eight chains (4 cycles per add
+  // each, not per element) round differently only past double precision,
+  // which the float mean below does not see.
+  double part[8] = {};
+  int64_t e = 0;
+  for (; e + 8 <= dim; e += 8) {
+    for (int k = 0; k < 8; ++k) part[k] += static_cast<double>(x[e + k] * x[e + k]);
   }
+  for (; e < dim; ++e) part[0] += static_cast<double>(x[e] * x[e]);
+  const double sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  const float mean = static_cast<float>(sum / static_cast<double>(dim));
+  const float scale = 1.0f / std::sqrt(mean + cfg_.rms_eps);
+  for (int64_t j = 0; j < dim; ++j) out[j] = (x[j] * scale) * weight[j];
 }
 
 void Context::AddBias(float* y, const float* bias, int64_t n, int64_t dim) {
@@ -442,11 +442,24 @@ void Context::Forward(int64_t n, float* logits) {
     }
   }
 
+  // The per-row steps between the products (residual adds, RMSNorm, SwiGLU)
+  // run as each product's row preparation (MatMulEngine::Run's prep), on
+  // every thread. xn_ holds the previous product's output until then: from
+  // the second layer on, the attention input adds the last FFN output to x_.
+  const float* pending_residual = nullptr;
   for (int64_t l = 0; l < c.n_layer; ++l) {
     const LayerWeights& L = W.layers[static_cast<size_t>(l)];
-    RmsNorm(x_.data(), L.attn_norm, n, d, xn_.data());
+    auto attn_in = [&](int64_t i, int) {
+      float* xi = x_.data() + i * d;
+      float* xni = xn_.data() + i * d;
+      if (pending_residual != nullptr) {
+        for (int64_t j = 0; j < d; ++j) xi[j] += xni[j];
+      }
+      RmsNormRow(xi, L.attn_norm, d, xni);
+    };
+    const TaskFn attn_prep(attn_in);
     const MatMulEngine::Product qkv[] = {{&L.wq, q_.data()}, {&L.wk, k_.data()}, {&L.wv, v_.data()}};
-    matmul_.RunGroup(pool_, qkv, xn_.data(), n);
+    matmul_.RunGroup(pool_, qkv, xn_.data(), n, &attn_prep);
     AddBias(q_.data(), L.bq, n, c.q_dim());
     AddBias(k_.data(), L.bk, n, k_dim);
     AddBias(v_.data(), L.bv, n, v_dim);
@@ -465,15 +478,22 @@ void Context::Forward(int64_t n, float* logits) {
     }
     Attention(l, n_runs);
     MatMul(L.wo, att_.data(), n, xn_.data());
-    AddBias(xn_.data(), L.bo, n, d);
-    for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
 
-    RmsNorm(x_.data(), L.ffn_norm, n, d, xn_.data());
+    auto ffn_in = [&](int64_t i, int) {
+      float* xi = x_.data() + i * d;
+      float* xni = xn_.data() + i * d;
+      for (int64_t j = 0; j < d; ++j) xi[j] += L.bo != nullptr ? xni[j] + L.bo[j] : xni[j];
+      RmsNormRow(xi, L.ffn_norm, d, xni);
+    };
+    const TaskFn ffn_prep(ffn_in);
     const MatMulEngine::Product gate_up[] = {{&L.w_gate, gate_.data()}, {&L.w_up, up_.data()}};
-    matmul_.RunGroup(pool_, gate_up, xn_.data(), n);
-    kernels::Vec().swiglu_f32(n * c.n_ff, gate_.data(), up_.data());
-    MatMul(L.w_down, gate_.data(), n, xn_.data());
-    for (int64_t i = 0; i < n * d; ++i) x_[static_cast<size_t>(i)] += xn_[static_cast<size_t>(i)];
+    matmul_.RunGroup(pool_, gate_up, xn_.data(), n, &ffn_prep);
+    auto down_in = [&](int64_t i, int) {
+      kernels::Vec().swiglu_f32(c.n_ff, gate_.data() + i * c.n_ff, up_.data() + i * c.n_ff);
+    };
+    const TaskFn down_prep(down_in);
+    matmul_.Run(pool_, L.w_down, gate_.data(), n, xn_.data(), &down_prep);
+    pending_residual = xn_.data();
   }
   for (int64_t r = 0; r < n_runs; ++r) {
     const Run& run = runs_[static_cast<size_t>(r)];
@@ -481,9 +501,15 @@ void Context::Forward(int64_t n, float* logits) {
   }
 
   // Logits of the marked tokens only (none for an inner chunk of a long prompt).
+  // The last FFN output is added only to these rows; row `rows` <= i of xn_
+  // is free by then (rows are taken in order).
   int64_t rows = 0;
   for (int64_t i = 0; i < n; ++i) {
-    if (batch_[static_cast<size_t>(i)].logits) RmsNorm(x_.data() + i * d, W.output_norm, 1, d, xn_.data() + rows++ * d);
+    if (!batch_[static_cast<size_t>(i)].logits) continue;
+    float* xi = x_.data() + i * d;
+    const float* xni = xn_.data() + i * d;
+    for (int64_t j = 0; j < d; ++j) xi[j] += xni[j];
+    RmsNormRow(xi, W.output_norm, d, xn_.data() + rows++ * d);
   }
   if (rows > 0) MatMul(W.output, xn_.data(), rows, logits);
 }

@@ -137,6 +137,7 @@ class Context {
   void Attention(int64_t layer, int64_t n_runs);
   // out[r] = RMSNorm(x[r]) * weight for `rows` rows of `dim` floats (in place allowed).
   void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float* out) const;
+  void RmsNormRow(const float* x, const float* weight, int64_t dim, float* out) const;
   // Rotates n tokens x n_heads heads of head_dim_k floats; uses rope_cache_ rows 0..n-1.
   void Rope(float* x, int64_t n, int64_t n_heads) const;
   // y[i][j] += bias[j] for n rows of dim (no-op when bias is null).

@@ -56,31 +56,39 @@ Status MatMulEngine::Allocate(int64_t max_cols, int64_t max_n, int n_threads) {
   return Status::Ok();
 }
 
-void MatMulEngine::Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y) {
+void MatMulEngine::Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y, const TaskFn* prep) {
   const Product product{&w, y};
-  RunGroup(pool, std::span(&product, 1), x, n);
+  RunGroup(pool, std::span(&product, 1), x, n, prep);
 }
 
 std::pair<const void*, size_t> MatMulEngine::ConvertActivations(ThreadPool& pool, const kernels::TypeKernels& k,
-                                                                const float* x, int64_t cols, int64_t n,
-                                                                bool parallel) {
-  if (k.vec_dot_type == TensorType::kF32) return {x, static_cast<size_t>(cols) * sizeof(float)};
+                                                                const float* x, int64_t cols, int64_t n, bool parallel,
+                                                                const TaskFn* prep) {
+  const bool as_is = k.vec_dot_type == TensorType::kF32;
   const kernels::TypeKernels& vk = *kernels::Find(k.vec_dot_type);
-  const size_t x_stride = kernels::RowBytes(k.vec_dot_type, cols);
+  const size_t x_stride = as_is ? static_cast<size_t>(cols) * sizeof(float) : kernels::RowBytes(k.vec_dot_type, cols);
   uint8_t* xq = xq_.data();
-  auto convert = [&](int64_t t, int /*thread*/) {
-    const int64_t i1 = n * (t + 1) / pool.size();
-    for (int64_t i = n * t / pool.size(); i < i1; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+  auto row = [&](int64_t i, int thread) {
+    if (prep != nullptr) (*prep)(i, thread);
+    if (!as_is) vk.from_float(x + i * cols, xq + i * x_stride, cols);
   };
+  // Contiguous rows per thread; a pool job only when each gets two or more.
+  auto rows = [&](int64_t t, int thread) {
+    const int64_t i1 = n * (t + 1) / pool.size();
+    for (int64_t i = n * t / pool.size(); i < i1; ++i) row(i, thread);
+  };
+  if (as_is && prep == nullptr) return {x, x_stride};
   if (parallel && n >= 2 * pool.size()) {
-    pool.For(pool.size(), convert);
+    pool.For(pool.size(), rows);
   } else {
-    for (int64_t i = 0; i < n; ++i) vk.from_float(x + i * cols, xq + i * x_stride, cols);
+    for (int64_t i = 0; i < n; ++i) row(i, 0);
   }
+  if (as_is) return {x, x_stride};
   return {xq, x_stride};
 }
 
-void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products, const float* x, int64_t n) {
+void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products, const float* x, int64_t n,
+                            const TaskFn* prep) {
   const Matrix& w0 = *products[0].w;
   const kernels::TypeKernels& k0 = *kernels::Find(w0.type);
   bool shared = products.size() <= kMaxGroup;
@@ -92,6 +100,11 @@ void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products,
     work += p.w->rows * p.w->cols * n;
   }
   if (!shared) {
+    // Prepared once, for all the products (a conversion to F32 is none).
+    if (prep != nullptr) {
+      const kernels::TypeKernels& f32 = *kernels::Find(TensorType::kF32);
+      ConvertActivations(pool, f32, x, w0.cols, n, work > kMinParallelWork, prep);
+    }
     for (const Product& p : products) {
       const kernels::TypeKernels& k = *kernels::Find(p.w->type);
       const bool parallel = p.w->rows * p.w->cols * n > kMinParallelWork;
@@ -108,7 +121,7 @@ void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products,
   const int64_t cols = w0.cols;
   // Activations are converted once for all the products, not once per weight row.
   // (Not a structured binding: clang 14, which builds the fuzzer, cannot capture one.)
-  const std::pair<const void*, size_t> converted = ConvertActivations(pool, k0, x, cols, n, parallel);
+  const std::pair<const void*, size_t> converted = ConvertActivations(pool, k0, x, cols, n, parallel, prep);
   const void* xv = converted.first;
   const size_t x_stride = converted.second;
   // Per product, balanced contiguous row ranges; task t of the job is range

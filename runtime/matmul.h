@@ -39,7 +39,12 @@ class MatMulEngine {
   // y[i][r] = dot(x[i], row r of w) for i < n, r < w.rows; n <= max_n,
   // w.cols <= max_cols. Each output element is computed the same way whichever
   // thread runs it, so results do not depend on the pool's size.
-  void Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y);
+  //
+  // prep, when given, finishes the activation rows first: prep(i, thread)
+  // writes row i of x (a residual add and an RMSNorm, SwiGLU) and touches no
+  // other row's data. It runs inside the conversion's tasks, so a batch's
+  // rows are prepared on every thread instead of serially on the caller's.
+  void Run(ThreadPool& pool, const Matrix& w, const float* x, int64_t n, float* y, const TaskFn* prep = nullptr);
 
   // Products of the same activations with several matrices (q, k and v; gate
   // and up): y_i = x * w_i^T. On the integer route with a shared
@@ -51,13 +56,14 @@ class MatMulEngine {
     float* y;
   };
   static constexpr size_t kMaxGroup = 4;
-  void RunGroup(ThreadPool& pool, std::span<const Product> products, const float* x, int64_t n);
+  void RunGroup(ThreadPool& pool, std::span<const Product> products, const float* x, int64_t n,
+                const TaskFn* prep = nullptr);
 
  private:
-  // The activations converted to type's vec_dot_type (or x itself for F32):
-  // the pointer and the stride of a row.
+  // The activations (prepared, then converted to type's vec_dot_type, or x
+  // itself for F32): the pointer and the stride of a row.
   std::pair<const void*, size_t> ConvertActivations(ThreadPool& pool, const kernels::TypeKernels& k, const float* x,
-                                                    int64_t cols, int64_t n, bool parallel);
+                                                    int64_t cols, int64_t n, bool parallel, const TaskFn* prep);
   void RunSgemm(ThreadPool& pool, const kernels::TypeKernels& k, const Matrix& w, const float* x, int64_t n, float* y,
                 bool parallel);
 
