@@ -258,36 +258,52 @@ void Context::RmsNormRow(const float* x, const float* weight, int64_t dim, float
   for (int64_t j = 0; j < dim; ++j) out[j] = (x[j] * scale) * weight[j];
 }
 
-void Context::AddBias(float* y, const float* bias, int64_t n, int64_t dim) {
-  if (bias == nullptr) return;
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < dim; ++j) y[i * dim + j] += bias[j];
+void Context::RopeHead(float* v, const float* cs) const {
+  // Rotate pairs of the head's first n_rot dimensions by pos * base^(-2j/n_rot)
+  // (times the linear scale; cs holds the cos, sin pairs of the token's
+  // position); dimensions past n_rot are left alone. llama pairs adjacent
+  // dimensions (2j, 2j+1), NeoX (qwen) the halves (j, j + n_rot/2).
+  const int64_t half = cfg_.n_rot / 2;
+  const bool neox = cfg_.rope_type == RopeType::kNeox;
+  for (int64_t j = 0; j < half; ++j) {
+    const float c = cs[2 * j];
+    const float s = cs[2 * j + 1];
+    const int64_t a = neox ? j : 2 * j;
+    const int64_t b = neox ? j + half : 2 * j + 1;
+    const float x0 = v[a];
+    const float x1 = v[b];
+    v[a] = x0 * c - x1 * s;
+    v[b] = x0 * s + x1 * c;
   }
 }
 
-void Context::Rope(float* x, int64_t n, int64_t n_heads) const {
-  // Rotate pairs of each head's first n_rot dimensions by pos * base^(-2j/n_rot)
-  // (times the linear scale); dimensions past n_rot are left alone. llama
-  // pairs adjacent dimensions (2j, 2j+1), NeoX (qwen) the halves (j, j + n_rot/2).
-  const int64_t hd = cfg_.head_dim_k;
-  const int64_t half = cfg_.n_rot / 2;
-  const bool neox = cfg_.rope_type == RopeType::kNeox;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* cs = rope_cache_.data() + i * cfg_.n_rot;
-    for (int64_t h = 0; h < n_heads; ++h) {
-      float* v = x + (i * n_heads + h) * hd;
-      for (int64_t j = 0; j < half; ++j) {
-        const float c = cs[2 * j];
-        const float s = cs[2 * j + 1];
-        const int64_t a = neox ? j : 2 * j;
-        const int64_t b = neox ? j + half : 2 * j + 1;
-        const float x0 = v[a];
-        const float x1 = v[b];
-        v[a] = x0 * c - x1 * s;
-        v[b] = x0 * s + x1 * c;
-      }
+void Context::PrepareHeads(int64_t layer, int64_t i, int64_t g) {
+  const LayerWeights& L = model_.weights().layers[static_cast<size_t>(layer)];
+  const int64_t hk = cfg_.head_dim_k;
+  const int64_t hv = cfg_.head_dim_v;
+  const int64_t group = cfg_.n_head / cfg_.n_head_kv;
+  const float* cs = rope_cache_.data() + i * cfg_.n_rot;
+  // One head of hd floats: bias, then (qwen3) RMSNorm on its own, then RoPE.
+  auto finish = [&](float* v, const float* bias, const float* norm) {
+    if (bias != nullptr) {
+      for (int64_t e = 0; e < hk; ++e) v[e] += bias[e];
     }
+    if (norm != nullptr) RmsNormRow(v, norm, hk, v);
+    RopeHead(v, cs);
+  };
+  for (int64_t h = g * group; h < (g + 1) * group; ++h) {
+    finish(q_.data() + i * cfg_.q_dim() + h * hk, L.bq != nullptr ? L.bq + h * hk : nullptr, L.q_norm);
   }
+  float* k = k_.data() + i * cfg_.k_dim() + g * hk;
+  finish(k, L.bk != nullptr ? L.bk + g * hk : nullptr, L.k_norm);
+  float* v = v_.data() + i * cfg_.v_dim() + g * hv;
+  if (L.bv != nullptr) {
+    for (int64_t e = 0; e < hv; ++e) v[e] += L.bv[g * hv + e];
+  }
+  const BatchToken& b = batch_[static_cast<size_t>(i)];
+  const kernels::TypeKernels& kv = *kernels::Find(kv_type_);
+  kv.from_float(k, KRow(layer, b.seq, b.pos) + g * hk * static_cast<int64_t>(kv_elem_bytes_), hk);
+  kv.from_float(v, VRow(layer, b.seq, b.pos) + g * hv * static_cast<int64_t>(kv_elem_bytes_), hv);
 }
 
 void Context::MatMul(const Matrix& w, const float* x, int64_t n, float* y) { matmul_.Run(pool_, w, x, n, y); }
@@ -362,6 +378,24 @@ void Context::Attention(int64_t layer, int64_t n_runs) {
     tasks += run.m == 1 ? cfg_.n_head_kv : (run.m + kQueryBlock - 1) / kQueryBlock * n_head;
     work += (run.pos0 + run.m) * run.m * (hk + hv) * n_head;
   }
+  // The heads' inputs (PrepareHeads): a decode run's task prepares its own
+  // first; when a run of several tokens is in the batch, each of its tasks
+  // reads all its rows' keys, so every row is prepared in a job before.
+  bool all_decode = true;
+  for (int64_t r = 0; r < n_runs; ++r) all_decode = all_decode && runs_[static_cast<size_t>(r)].m == 1;
+  const int64_t n = runs_[static_cast<size_t>(n_runs - 1)].i0 + runs_[static_cast<size_t>(n_runs - 1)].m;
+  if (!all_decode) {
+    auto prepare = [&](int64_t t, int) {
+      for (int64_t i = n * t / pool_.size(); i < n * (t + 1) / pool_.size(); ++i) {
+        for (int64_t g = 0; g < cfg_.n_head_kv; ++g) PrepareHeads(layer, i, g);
+      }
+    };
+    if (n >= 2 * pool_.size()) {
+      pool_.For(pool_.size(), prepare);
+    } else {
+      for (int t = 0; t < pool_.size(); ++t) prepare(t, 0);
+    }
+  }
   auto task = [&](int64_t t, int thread) {
     const Run& run = *(std::upper_bound(runs_.begin(), runs_.begin() + n_runs, t,
                                         [](int64_t v, const Run& x) { return v < x.task0; }) -
@@ -372,6 +406,7 @@ void Context::Attention(int64_t layer, int64_t n_runs) {
     if (run.m == 1) {
       // Decode: one query per head of KV head g against the run's cache.
       const int64_t g = local;
+      if (all_decode) PrepareHeads(layer, run.i0, g);
       const int64_t len = run.pos0 + 1;
       float* s = scores_[static_cast<size_t>(thread)].data();
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
@@ -411,8 +446,6 @@ void Context::Forward(int64_t n, float* logits) {
   const LlamaConfig& c = cfg_;
   const LlamaWeights& W = model_.weights();
   const int64_t d = c.n_embd;
-  const int64_t k_dim = c.k_dim();
-  const int64_t v_dim = c.v_dim();
 
   int64_t n_runs = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -422,7 +455,6 @@ void Context::Forward(int64_t n, float* logits) {
   }
 
   const kernels::TypeKernels& embd = *kernels::Find(W.token_embd.type);
-  const kernels::TypeKernels& kv = *kernels::Find(kv_type_);  // stores K and V rows
   for (int64_t i = 0; i < n; ++i) {
     embd.to_float(W.token_embd.row(batch_[static_cast<size_t>(i)].token), x_.data() + i * d, d);
   }
@@ -460,22 +492,6 @@ void Context::Forward(int64_t n, float* logits) {
     const TaskFn attn_prep(attn_in);
     const MatMulEngine::Product qkv[] = {{&L.wq, q_.data()}, {&L.wk, k_.data()}, {&L.wv, v_.data()}};
     matmul_.RunGroup(pool_, qkv, xn_.data(), n, &attn_prep);
-    AddBias(q_.data(), L.bq, n, c.q_dim());
-    AddBias(k_.data(), L.bk, n, k_dim);
-    AddBias(v_.data(), L.bv, n, v_dim);
-    if (L.q_norm != nullptr) {
-      // qwen3: every head of q and k normalized on its own (rows of head_dim_k).
-      RmsNorm(q_.data(), L.q_norm, n * c.n_head, c.head_dim_k, q_.data());
-      RmsNorm(k_.data(), L.k_norm, n * c.n_head_kv, c.head_dim_k, k_.data());
-    }
-    Rope(q_.data(), n, c.n_head);
-    Rope(k_.data(), n, c.n_head_kv);
-    // Each run's K and V rows go to its sequence's cache: [pos][k_dim / v_dim].
-    for (int64_t r = 0; r < n_runs; ++r) {
-      const Run& run = runs_[static_cast<size_t>(r)];
-      kv.from_float(k_.data() + run.i0 * k_dim, KRow(l, run.seq, run.pos0), run.m * k_dim);
-      kv.from_float(v_.data() + run.i0 * v_dim, VRow(l, run.seq, run.pos0), run.m * v_dim);
-    }
     Attention(l, n_runs);
     MatMul(L.wo, att_.data(), n, xn_.data());
 

@@ -133,15 +133,19 @@ class Context {
   // y[n, W.rows] = x[n, W.cols] * W^T (MatMulEngine::Run).
   void MatMul(const Matrix& w, const float* x, int64_t n, float* y);
   // Attention of every run in runs_[0..n_runs) for one layer: att_ rows from
-  // q_ rows and the runs' caches (which already hold the batch's K and V).
+  // the q_, k_, v_ rows of the layer's products (PrepareHeads) and the runs'
+  // caches.
   void Attention(int64_t layer, int64_t n_runs);
   // out[r] = RMSNorm(x[r]) * weight for `rows` rows of `dim` floats (in place allowed).
   void RmsNorm(const float* x, const float* weight, int64_t rows, int64_t dim, float* out) const;
   void RmsNormRow(const float* x, const float* weight, int64_t dim, float* out) const;
-  // Rotates n tokens x n_heads heads of head_dim_k floats; uses rope_cache_ rows 0..n-1.
-  void Rope(float* x, int64_t n, int64_t n_heads) const;
-  // y[i][j] += bias[j] for n rows of dim (no-op when bias is null).
-  static void AddBias(float* y, const float* bias, int64_t n, int64_t dim);
+  // Rotates one head (head_dim_k floats) by its token's rope_cache_ row cs.
+  void RopeHead(float* v, const float* cs) const;
+  // The attention inputs of batch row i for KV head g: the group's q heads
+  // and k head g biased, normalized (qwen3) and rotated, v head g biased, and
+  // k and v head g stored in the row's sequence cache. Each (i, g) touches
+  // its own data only, so any thread can run any of them.
+  void PrepareHeads(int64_t layer, int64_t i, int64_t g);
 
   // Start of the KV cache rows of (layer, seq, pos), elements of kv_type_.
   uint8_t* KRow(int64_t layer, int64_t seq, int64_t pos) const;
