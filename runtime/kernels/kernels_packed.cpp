@@ -7,8 +7,10 @@
 // rewritten once in groups of kPackRows (16) rows whose blocks are
 // interleaved dword by dword: dword i of a packed block holds dword i of each
 // of the 16 rows, so one 512-bit vector is 4 elements x 16 rows. The bits
-// stay as they are: Q4_K takes 2368 bytes per 16 rows x 256 elements against
-// the blocks' 2304, Q6_K 3392 against 3360.
+// stay as they are (Q4_K's 6-bit scales too, unpacked in the kernels): Q4_K
+// takes 2304 bytes per 16 rows x 256 elements, as the blocks do, Q6_K 3392
+// against 3360. Decoding one token reads every byte once, so each byte more
+// than the file's is time.
 //
 // Each type's products compute the same integers per block and then the same
 // vector operations over the 16 weight rows (K::Finish), so every output is
@@ -55,9 +57,9 @@ constexpr int kChunks = 4;  // 64-element chunks per block
 // --- packed layouts (one block of a 16-row group) ---
 
 struct PackedQ4K {
-  uint32_t qs[32][kRows];  // qs dword i of each row (nibbles as in the block)
-  uint32_t sm[4][kRows];   // dword i of (scales[0..8), mins[0..8)) unpacked to bytes
-  uint16_t d[kRows];       // F16
+  uint32_t qs[32][kRows];     // qs dword i of each row (nibbles as in the block)
+  uint32_t scales[3][kRows];  // scales dword i of each row (the 6-bit fields as in the block)
+  uint16_t d[kRows];          // F16
   uint16_t dmin[kRows];    // F16
 };
 static_assert(sizeof(PackedQ4K) % 64 == 0);
@@ -129,11 +131,7 @@ struct Q4K {
       const Block* b = row[m];
       if (b == nullptr) continue;  // past the matrix: stays zero
       for (int i = 0; i < 32; ++i) out.qs[i][m] = LoadU32(b->qs + 4 * i);
-      const ScalesMinsK4 u = UnpackScalesMinsK4(b->scales);
-      out.sm[0][m] = static_cast<uint32_t>(u.scales);
-      out.sm[1][m] = static_cast<uint32_t>(u.scales >> 32);
-      out.sm[2][m] = static_cast<uint32_t>(u.mins);
-      out.sm[3][m] = static_cast<uint32_t>(u.mins >> 32);
+      for (int i = 0; i < 3; ++i) out.scales[i][m] = LoadU32(b->scales + 4 * i);
       out.d[m] = LoadU16(b->d);
       out.dmin[m] = LoadU16(b->dmin);
     }
@@ -152,9 +150,18 @@ struct Q4K {
   }
 
   APPLIANCE_AVX512 static void UnpackScales(const Packed& p, Scales& s) {
-    PrefetchAhead<sizeof p.sm + sizeof p.d + sizeof p.dmin>(p.sm);
-    __m512i v[4];
-    for (int i = 0; i < 4; ++i) v[i] = Load(p.sm[i]);
+    PrefetchAhead<sizeof p.scales + sizeof p.d + sizeof p.dmin>(p.scales);
+    // The 6-bit fields to bytes as UnpackScalesMinsK4 does, 16 rows at once:
+    // v = (scales[0..4), scales[4..8), mins[0..4), mins[4..8)).
+    const __m512i u0 = Load(p.scales[0]), u1 = Load(p.scales[1]), u2 = Load(p.scales[2]);
+    const __m512i low6 = _mm512_set1_epi32(0x3f3f3f3f), low4 = _mm512_set1_epi32(0x0f0f0f0f);
+    const __m512i top2 = _mm512_set1_epi32(0x30303030);
+    const __m512i v[4] = {
+        _mm512_and_si512(u0, low6),
+        _mm512_or_si512(_mm512_and_si512(u2, low4), _mm512_and_si512(_mm512_srli_epi32(u0, 2), top2)),
+        _mm512_and_si512(u1, low6),
+        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), low4), _mm512_and_si512(_mm512_srli_epi32(u1, 2), top2)),
+    };
     for (int k = 0; k < 8; ++k) _mm512_store_ps(s.scale[k], _mm512_cvtepi32_ps(ByteU(v[k / 4], k % 4)));
     // (m_2j, m_2j+1): bytes 2j and 2j + 1 of the mins.
     for (int j = 0; j < 4; ++j) {
