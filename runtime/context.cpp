@@ -302,25 +302,28 @@ void Context::PrepareHeads(int64_t layer, int64_t i, int64_t g) {
   }
   const BatchToken& b = batch_[static_cast<size_t>(i)];
   const kernels::TypeKernels& kv = *kernels::Find(kv_type_);
-  kv.from_float(k, KRow(layer, b.seq, b.pos) + g * hk * static_cast<int64_t>(kv_elem_bytes_), hk);
-  kv.from_float(v, VRow(layer, b.seq, b.pos) + g * hv * static_cast<int64_t>(kv_elem_bytes_), hv);
+  const int64_t elem = static_cast<int64_t>(kv_elem_bytes_);
+  kv.from_float(k, KHead(layer, b.seq, g) + b.pos * hk * elem, hk);
+  kv.from_float(v, VHead(layer, b.seq, g) + b.pos * hv * elem, hv);
 }
 
 void Context::MatMul(const Matrix& w, const float* x, int64_t n, float* y) { matmul_.Run(pool_, w, x, n, y); }
 
-uint8_t* Context::KRow(int64_t layer, int64_t seq, int64_t pos) const {
-  return k_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.k_dim() * static_cast<int64_t>(kv_elem_bytes_);
+uint8_t* Context::KHead(int64_t layer, int64_t seq, int64_t g) const {
+  const int64_t head = (layer * n_seq_ + seq) * cfg_.n_head_kv + g;
+  return k_cache_.get() + head * n_ctx_ * cfg_.head_dim_k * static_cast<int64_t>(kv_elem_bytes_);
 }
 
-uint8_t* Context::VRow(int64_t layer, int64_t seq, int64_t pos) const {
-  return v_cache_.get() + ((layer * n_seq_ + seq) * n_ctx_ + pos) * cfg_.v_dim() * static_cast<int64_t>(kv_elem_bytes_);
+uint8_t* Context::VHead(int64_t layer, int64_t seq, int64_t g) const {
+  const int64_t head = (layer * n_seq_ + seq) * cfg_.n_head_kv + g;
+  return v_cache_.get() + head * n_ctx_ * cfg_.head_dim_v * static_cast<int64_t>(kv_elem_bytes_);
 }
 
 void Context::AttendBlock(const float* q, int64_t m, const uint8_t* kc, const uint8_t* vc, int64_t pos0, int64_t len,
                           int thread, float* out) {
   // S = Q K^T over every cached position the block can see, causal softmax
-  // per row, then O = P V. An F16 cache is widened to F32 first, one KV
-  // head's rows at a time (keys, then values into the same scratch).
+  // per row, then O = P V. An F16 cache is widened to F32 first (keys, then
+  // values into the same scratch).
   const int64_t hk = cfg_.head_dim_k;
   const int64_t hv = cfg_.head_dim_v;
   const int64_t q_dim = cfg_.q_dim();
@@ -328,16 +331,14 @@ void Context::AttendBlock(const float* q, int64_t m, const uint8_t* kc, const ui
   float* s = scores_[static_cast<size_t>(thread)].data();
   const float* keys = reinterpret_cast<const float*>(kc);
   const float* values = reinterpret_cast<const float*>(vc);
-  int64_t k_stride = cfg_.k_dim(), v_stride = cfg_.v_dim();
   float* widened = kv_widened_[static_cast<size_t>(thread)].data();
   const kernels::TypeKernels& f16 = *kernels::Find(TensorType::kF16);
   if (kv_type_ == TensorType::kF16) {
-    for (int64_t t = 0; t < len; ++t) f16.to_float(kc + 2 * t * k_stride, widened + t * hk, hk);
+    f16.to_float(kc, widened, len * hk);
     keys = widened;
-    k_stride = hk;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(len), static_cast<int>(hk),
-              1.0f, q, static_cast<int>(q_dim), keys, static_cast<int>(k_stride), 0.0f, s, static_cast<int>(len));
+              1.0f, q, static_cast<int>(q_dim), keys, static_cast<int>(hk), 0.0f, s, static_cast<int>(len));
   const float scale = 1.0f / std::sqrt(static_cast<float>(hk));
   for (int64_t r = 0; r < m; ++r) {
     float* row = s + r * len;
@@ -346,20 +347,17 @@ void Context::AttendBlock(const float* q, int64_t m, const uint8_t* kc, const ui
     std::fill(row + visible, row + len, 0.0f);
   }
   if (kv_type_ == TensorType::kF16) {
-    for (int64_t t = 0; t < len; ++t) f16.to_float(vc + 2 * t * v_stride, widened + t * hv, hv);
+    f16.to_float(vc, widened, len * hv);
     values = widened;
-    v_stride = hv;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(hv),
-              static_cast<int>(len), 1.0f, s, static_cast<int>(len), values, static_cast<int>(v_stride), 0.0f, out,
+              static_cast<int>(len), 1.0f, s, static_cast<int>(len), values, static_cast<int>(hv), 0.0f, out,
               static_cast<int>(a_dim));
 }
 
 void Context::Attention(int64_t layer, int64_t n_runs) {
   const int64_t hk = cfg_.head_dim_k;
   const int64_t hv = cfg_.head_dim_v;
-  const int64_t k_dim = cfg_.k_dim();
-  const int64_t v_dim = cfg_.v_dim();
   const int64_t q_dim = cfg_.q_dim();
   const int64_t a_dim = cfg_.attn_dim();
   const int64_t n_head = cfg_.n_head;
@@ -401,26 +399,26 @@ void Context::Attention(int64_t layer, int64_t n_runs) {
                                         [](int64_t v, const Run& x) { return v < x.task0; }) -
                        1);
     const int64_t local = t - run.task0;
-    const uint8_t* kc = KRow(layer, run.seq, 0);
-    const uint8_t* vc = VRow(layer, run.seq, 0);
     if (run.m == 1) {
       // Decode: one query per head of KV head g against the run's cache.
       const int64_t g = local;
       if (all_decode) PrepareHeads(layer, run.i0, g);
       const int64_t len = run.pos0 + 1;
+      const uint8_t* kc = KHead(layer, run.seq, g);
+      const uint8_t* vc = VHead(layer, run.seq, g);
       float* s = scores_[static_cast<size_t>(thread)].data();
       for (int64_t h = g * group; h < (g + 1) * group; ++h) {
         const float* q = q_.data() + run.i0 * q_dim + h * hk;
         float* out = att_.data() + run.i0 * a_dim + h * hv;
         std::fill(out, out + hv, 0.0f);
         if (kv_type_ == TensorType::kF16) {
-          vec.dot_rows_f16(hk, q, reinterpret_cast<const uint16_t*>(kc) + g * hk, k_dim, len, s);
+          vec.dot_rows_f16(hk, q, reinterpret_cast<const uint16_t*>(kc), hk, len, s);
           vec.softmax_f32(len, s, scale);
-          vec.axpy_rows_f16(hv, s, reinterpret_cast<const uint16_t*>(vc) + g * hv, v_dim, len, out);
+          vec.axpy_rows_f16(hv, s, reinterpret_cast<const uint16_t*>(vc), hv, len, out);
         } else {
-          vec.dot_rows_f32(hk, q, reinterpret_cast<const float*>(kc) + g * hk, k_dim, len, s);
+          vec.dot_rows_f32(hk, q, reinterpret_cast<const float*>(kc), hk, len, s);
           vec.softmax_f32(len, s, scale);
-          vec.axpy_rows_f32(hv, s, reinterpret_cast<const float*>(vc) + g * hv, v_dim, len, out);
+          vec.axpy_rows_f32(hv, s, reinterpret_cast<const float*>(vc), hv, len, out);
         }
       }
       return;
@@ -431,9 +429,8 @@ void Context::Attention(int64_t layer, int64_t n_runs) {
     const int64_t m = std::min(kQueryBlock, run.m - b0);
     const int64_t g = h / group;
     const int64_t i0 = run.i0 + b0;  // the block's first row in the batch
-    AttendBlock(q_.data() + i0 * q_dim + h * hk, m, kc + g * hk * static_cast<int64_t>(kv_elem_bytes_),
-                vc + g * hv * static_cast<int64_t>(kv_elem_bytes_), run.pos0 + b0, run.pos0 + b0 + m, thread,
-                att_.data() + i0 * a_dim + h * hv);
+    AttendBlock(q_.data() + i0 * q_dim + h * hk, m, KHead(layer, run.seq, g), VHead(layer, run.seq, g), run.pos0 + b0,
+                run.pos0 + b0 + m, thread, att_.data() + i0 * a_dim + h * hv);
   };
   if (work > 2 * kMinParallelWork) {
     pool_.For(tasks, task);

@@ -147,11 +147,13 @@ class Context {
   // its own data only, so any thread can run any of them.
   void PrepareHeads(int64_t layer, int64_t i, int64_t g);
 
-  // Start of the KV cache rows of (layer, seq, pos), elements of kv_type_.
-  uint8_t* KRow(int64_t layer, int64_t seq, int64_t pos) const;
-  uint8_t* VRow(int64_t layer, int64_t seq, int64_t pos) const;
+  // Start of KV head g's cached keys or values of (layer, seq): n_ctx_ rows
+  // of head_dim_k or head_dim_v elements of kv_type_, one per position.
+  uint8_t* KHead(int64_t layer, int64_t seq, int64_t g) const;
+  uint8_t* VHead(int64_t layer, int64_t seq, int64_t g) const;
   // Scores (and output) of one attention query block against the cached keys
-  // and values kc, vc of one KV head: the batched path of Attention().
+  // and values kc, vc of one KV head (KHead, VHead): the batched path of
+  // Attention().
   void AttendBlock(const float* q, int64_t m, const uint8_t* kc, const uint8_t* vc, int64_t pos0, int64_t len,
                    int thread, float* out);
 
@@ -165,8 +167,10 @@ class Context {
   ThreadPool pool_;
 
   std::vector<int64_t> seq_len_;  // [n_seq]
-  // KV cache: [n_layer][n_seq][n_ctx][k_dim] and [n_layer][n_seq][n_ctx][v_dim]
-  // of kv_type_, left uninitialized (positions are written before they are read).
+  // KV cache: [n_layer][n_seq][n_head_kv][n_ctx][head_dim_k] and the same
+  // with head_dim_v, of kv_type_, left uninitialized (positions are written
+  // before they are read). Head-major, so that the attention of one KV head
+  // reads its keys and values as two contiguous streams.
   std::unique_ptr<uint8_t[]> k_cache_, v_cache_;
   // The batch being run: tokens [max_batch] and its runs [max_batch].
   std::vector<BatchToken> batch_;

@@ -282,11 +282,17 @@ APPLIANCE_AVX2 void Softmax(int64_t n, float* x, float scale) {
   double lanes[4];
   _mm256_storeu_pd(lanes, _mm256_add_pd(sum_lo, sum_hi));
   double sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-  for (; i < n; ++i) {
-    float tail[8] = {x[i] - max, 0, 0, 0, 0, 0, 0, 0};
+  if (i < n) {
+    // The last n - i (< 8) in one vector: the exponential is per lane, so
+    // each value is what it would be alone.
+    const int64_t rest = n - i;
+    float tail[8] = {};
+    for (int64_t j = 0; j < rest; ++j) tail[j] = x[i + j] - max;
     _mm256_storeu_ps(tail, ExpNonPositive(_mm256_loadu_ps(tail)));
-    x[i] = tail[0];
-    sum += tail[0];
+    for (int64_t j = 0; j < rest; ++j) {
+      x[i + j] = tail[j];
+      sum += tail[j];
+    }
   }
   const __m256 inv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
   i = 0;
