@@ -23,14 +23,19 @@ constexpr int64_t kPanelRows = 64;
 // Below this many multiply-adds a job runs on the calling thread: waking the
 // workers costs more than the work (stories260K's matrices are all below it).
 constexpr int64_t kMinParallelWork = 1 << 15;
-// Integer-path tasks: contiguous ranges of at least kMinTaskRows weight rows
-// (each read sequentially), kTasksPerThread per thread. One per thread would
-// do on an idle machine; but a thread preempted while it holds a range stalls
-// the whole product, and with 4 ranges per thread the others take over all
-// but the one it holds (on this shared 2-core VM under load, the worker of a
-// 2-thread pool ran as few as 3% of the tasks of 2-task jobs).
-constexpr int64_t kMinTaskRows = 16;
+// Integer-path tasks: contiguous ranges of units of kernels::kPackRows weight
+// rows (each range read sequentially) over the group's products taken end to
+// end, claimed in order and shrinking: each takes 1 / (kTasksPerThread x
+// threads) of the units not yet handed out, at least kMinTaskUnits. A job
+// ends when its last task does, and the other threads wait for it: with
+// equal ranges (4 per thread, as before) that wait averaged half a range,
+// ~3% of a 1B model's decode; shrinking ranges end together. The first
+// ranges stay a small share too: a thread preempted while it holds one (on
+// this shared 2-core VM under load, the worker of a 2-thread pool ran as few
+// as 3% of the tasks of 2-task jobs) stalls the product by no more than that.
 constexpr int64_t kTasksPerThread = 4;
+constexpr int64_t kMinTaskUnits = 2;
+constexpr int64_t kMaxTasks = 64;  // the last one takes what is left
 
 // Bytes per element of the widest converted activation row (F16/BF16; Q8_0
 // takes 34/32, Q8_K 292/256, F32 is used in place).
@@ -124,39 +129,45 @@ void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products,
   const std::pair<const void*, size_t> converted = ConvertActivations(pool, k0, x, cols, n, parallel, prep);
   const void* xv = converted.first;
   const size_t x_stride = converted.second;
-  // Per product, balanced contiguous row ranges; task t of the job is range
-  // t - first[i] of product i. Every output element is computed by gemm the
-  // same way whichever range (and thread) it falls in.
-  std::array<int64_t, kMaxGroup + 1> first{};
+  // The products' units end to end: product i is units [unit0[i], unit0[i + 1]).
+  std::array<int64_t, kMaxGroup + 1> unit0{};
   for (size_t i = 0; i < products.size(); ++i) {
-    const int64_t rows = products[i].w->rows;
-    first[i + 1] = first[i] + (parallel ? std::clamp<int64_t>(rows / kMinTaskRows, 1, kTasksPerThread * pool.size()) : 1);
+    unit0[i + 1] = unit0[i] + (products[i].w->rows + kernels::kPackRows - 1) / kernels::kPackRows;
   }
+  const int64_t units = unit0[products.size()];
+  // Task t is units [bound[t], bound[t + 1]).
+  std::array<int64_t, kMaxTasks + 1> bound{};
+  int64_t tasks = 0;
+  const int64_t share = kTasksPerThread * pool.size();
+  while (bound[static_cast<size_t>(tasks)] < units) {
+    const int64_t from = bound[static_cast<size_t>(tasks)];
+    const int64_t size = std::max(kMinTaskUnits, (units - from + share - 1) / share);
+    const bool last = !parallel || tasks + 1 == kMaxTasks;
+    ++tasks;
+    bound[static_cast<size_t>(tasks)] = last ? units : std::min(units, from + size);
+  }
+  // Every output element is computed by gemm the same way whichever range
+  // (and thread) it falls in.
   auto task = [&](int64_t t, int /*thread*/) {
-    size_t i = 0;
-    while (t >= first[i + 1]) ++i;
-    const Matrix& w = *products[i].w;
-    const int64_t tasks = first[i + 1] - first[i];
-    const int64_t r0 = w.rows * (t - first[i]) / tasks;
-    const int64_t r1 = w.rows * (t - first[i] + 1) / tasks;
-    const kernels::TypeKernels& k = *kernels::Find(w.type);
-    if (w.packed != nullptr && k.gemm_packed != nullptr) {
-      // Ranges of whole groups of the packed layout.
-      const int64_t groups = (w.rows + kernels::kPackRows - 1) / kernels::kPackRows;
-      const int64_t g0 = groups * (t - first[i]) / tasks, g1 = groups * (t - first[i] + 1) / tasks;
-      const int64_t p0 = g0 * kernels::kPackRows, p1 = std::min(w.rows, g1 * kernels::kPackRows);
-      if (p1 > p0) {
-        k.gemm_packed(cols, w.packed + static_cast<size_t>(g0) * k.packed_bytes(kernels::kPackRows, cols), p1 - p0, xv,
-                      x_stride, n, products[i].y + p0, w.rows);
+    const int64_t u0 = bound[static_cast<size_t>(t)], u1 = bound[static_cast<size_t>(t) + 1];
+    for (size_t i = 0; i < products.size(); ++i) {
+      const int64_t g0 = std::max(u0, unit0[i]) - unit0[i], g1 = std::min(u1, unit0[i + 1]) - unit0[i];
+      if (g1 <= g0) continue;
+      const Matrix& w = *products[i].w;
+      const int64_t r0 = g0 * kernels::kPackRows, r1 = std::min(w.rows, g1 * kernels::kPackRows);
+      const kernels::TypeKernels& k = *kernels::Find(w.type);
+      if (w.packed != nullptr && k.gemm_packed != nullptr) {
+        k.gemm_packed(cols, w.packed + static_cast<size_t>(g0) * k.packed_bytes(kernels::kPackRows, cols), r1 - r0, xv,
+                      x_stride, n, products[i].y + r0, w.rows);
+      } else {
+        k.gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, products[i].y + r0, w.rows);
       }
-      return;
     }
-    k.gemm(cols, w.row(r0), w.row_bytes, r1 - r0, xv, x_stride, n, products[i].y + r0, w.rows);
   };
   if (parallel) {
-    pool.For(first[products.size()], task);
+    pool.For(tasks, task);
   } else {
-    for (int64_t t = 0; t < first[products.size()]; ++t) task(t, 0);
+    for (int64_t t = 0; t < tasks; ++t) task(t, 0);
   }
 }
 
