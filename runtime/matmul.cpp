@@ -33,8 +33,12 @@ constexpr int64_t kMinParallelWork = 1 << 15;
 // ranges stay a small share too: a thread preempted while it holds one (on
 // this shared 2-core VM under load, the worker of a 2-thread pool ran as few
 // as 3% of the tasks of 2-task jobs) stalls the product by no more than that.
+// Each call of a kernel has a cost in the activation rows alone (the AMX Q4_K
+// kernel lays out its A tiles: 8% of a 512-token prefill with tasks of 2
+// units), so a task takes at least kMinTaskUnits units, more with more rows.
 constexpr int64_t kTasksPerThread = 4;
 constexpr int64_t kMinTaskUnits = 2;
+constexpr int64_t kRowsPerMinUnit = 64;
 constexpr int64_t kMaxTasks = 64;  // the last one takes what is left
 
 // Bytes per element of the widest converted activation row (F16/BF16; Q8_0
@@ -139,9 +143,10 @@ void MatMulEngine::RunGroup(ThreadPool& pool, std::span<const Product> products,
   std::array<int64_t, kMaxTasks + 1> bound{};
   int64_t tasks = 0;
   const int64_t share = kTasksPerThread * pool.size();
+  const int64_t min_units = std::max(kMinTaskUnits, n / kRowsPerMinUnit);
   while (bound[static_cast<size_t>(tasks)] < units) {
     const int64_t from = bound[static_cast<size_t>(tasks)];
-    const int64_t size = std::max(kMinTaskUnits, (units - from + share - 1) / share);
+    const int64_t size = std::max(min_units, (units - from + share - 1) / share);
     const bool last = !parallel || tasks + 1 == kMaxTasks;
     ++tasks;
     bound[static_cast<size_t>(tasks)] = last ? units : std::min(units, from + size);
